@@ -1,0 +1,5 @@
+import sys
+
+from nlhf.cli import main
+
+sys.exit(main())
