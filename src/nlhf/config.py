@@ -224,7 +224,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["choices"] = [str(c) for c in get_args(inner)]
         if get_origin(inner) in (list, tuple):
             kwargs["nargs"] = "*"
-        parser.add_argument(flag, metavar=name.split(".")[-1].upper(), help=f"{doc} ({shown})", **kwargs)
+        parser.add_argument(
+            flag, metavar=name.split(".")[-1].upper(), help=f"{doc} ({shown})", **kwargs
+        )
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:

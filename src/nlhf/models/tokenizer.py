@@ -37,7 +37,10 @@ def build_tokenizer(
         tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = trainers.WordLevelTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            show_progress=False,
         )
     elif kind == "bpe":
         tok = Tokenizer(models.BPE())
@@ -49,10 +52,10 @@ def build_tokenizer(
             min_frequency=min_frequency,
             special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         )
     else:
         raise ValueError(f"tokenizer kind must be 'word' or 'bpe', got {kind!r}")
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
-    fast.padding_side = "left"  # generation pads prompts on the left
-    return fast
+    # Generation pads prompts on the left; saved with the tokenizer so reloads agree.
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", **SPECIAL_TOKENS)
