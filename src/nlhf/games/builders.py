@@ -79,7 +79,7 @@ def efron_dice(faces: Sequence[Sequence[float]] = EFRON_DICE) -> np.ndarray:
 
 
 def random_game(n: int, seed: int = 0) -> np.ndarray:
-    """A random preference matrix: ``P[i, j] ~ U[0, 1]`` for ``i < j``, ``P[j, i] = 1 - P[i, j]``."""
+    """A random preference matrix: ``P[i, j] ~ U[0, 1]`` for ``i < j``, ``1 - P[j, i]`` below."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     rng = np.random.default_rng(seed)

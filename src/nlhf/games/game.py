@@ -11,8 +11,9 @@ Quantities (paper §3, §4; ``pi`` is one policy per context):
 - ``P(y > pi) = (P @ pi)[y]`` and ``P(pi' > pi) = E_rho[pi'^T P pi]``;
 - exploitability ``max_pi' P(pi' > pi) - 1/2`` (0 exactly at a Nash equilibrium of the
   unregularised game);
-- regularised preference ``P_tau(pi' > pi) = P(pi' > pi) - tau KL_rho(pi', mu) + tau KL_rho(pi, mu)``
-  and its duality gap ``max_pi' P_tau(pi' > pi) - 1/2``, whose maximiser has the closed form
+- regularised preference
+  ``P_tau(pi' > pi) = P(pi' > pi) - tau KL_rho(pi', mu) + tau KL_rho(pi, mu)`` and its
+  duality gap ``max_pi' P_tau(pi' > pi) - 1/2``, whose maximiser has the closed form
   ``pi'(y) ∝ mu(y) exp(P(y > pi) / tau)``, so that the gap is
   ``tau log sum_y mu(y) exp(P(y > pi) / tau) + tau KL(pi, mu) - 1/2`` per context;
 - ``KL(pi*_tau, pi)``, the quantity Theorem 1 bounds.
