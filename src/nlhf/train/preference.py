@@ -1,0 +1,453 @@
+"""Train a pairwise preference model or a Bradley-Terry reward model (Munos et al. 2024, §5,
+App. G.1) on pairwise comparisons, with accelerate (CPU, one GPU or many, same code).
+
+Loss, for a comparison ``(x, y, y', l)`` with ``l = P(y > y' | x)`` (0/1 or soft):
+``-[l log sigmoid(d) + (1 - l) log sigmoid(-d)]`` where ``d`` is the model's logit:
+``v(x, y, y') - v(x, y', y)`` (pairwise), ``r(x, y) - r(x, y')`` (reward, Bradley-Terry) or
+``e(x, y)^T R e(x, y')`` (embedding). The pairwise model is antisymmetric by construction, so the
+swapped copy of a comparison would give the identical loss: no swap augmentation is needed.
+
+One optimizer step:
+  1. take the next ``batch_size`` comparisons of a per-epoch shuffle (split in ``grad_accum``
+     micro-batches and across processes);
+  2. tokenize each pair in its canonical order, one forward for both orders (``2B`` sequences);
+  3. soft-label cross-entropy on ``d``, backward (gradients synchronised on the last micro-batch);
+  4. clip, AdamW step, linear warm-up then linear decay of the learning rate.
+Every ``eval_every`` steps and at the end: evaluate on the held-out prompts (accuracy, log-loss,
+ECE, antisymmetry error, predicted cycles); every ``save_every`` steps: a resumable checkpoint.
+
+Outputs in ``output_dir``: the model (standard HF checkpoint + tokenizer + ``nlhf_model.json``),
+``eval.json`` (final metrics), ``metrics.jsonl`` (one JSON per logged step), ``config.yaml``,
+``checkpoint/`` (for ``resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from nlhf.config import save_yaml
+from nlhf.data import (
+    Comparison,
+    as_text,
+    drop_shared_prompts,
+    load_comparisons,
+    split_by_prompt,
+)
+from nlhf.models.evaluation import evaluate_judge
+from nlhf.models.judges import make_judge
+from nlhf.models.preference import (
+    MODEL_CLASSES,
+    ScoringModel,
+    load_model,
+    num_labels_for,
+    pretrained_backbone,
+    random_backbone,
+)
+
+
+@dataclass
+class PreferenceTrainConfig:
+    """Hyper-parameters of ``nlhf train-preference``."""
+
+    kind: Literal["pairwise", "reward", "embedding"] = "pairwise"
+    """model kind: pairwise preference model P(y > y'|x) = sigmoid(v(x,y,y') - v(x,y',y)),
+    Bradley-Terry reward model r(x, y), or skew-symmetric embedding preference model"""
+    data: str | None = None
+    """training comparisons: a .jsonl/.json/.csv/.tsv/.parquet file, a `datasets` directory, or a
+    Hugging Face hub name (downloads only then)"""
+    format: Literal["auto", "native", "chosen_rejected", "summarize_from_feedback", "hh_rlhf"] = (
+        "auto"
+    )
+    """data format; auto detects it from each row's keys"""
+    split: str | None = None
+    """split of `data` to train on (a dataset split, or rows whose `split` field matches)"""
+    eval_data: str | None = None
+    """held-out comparisons (same kinds of source as data); default: a prompt-disjoint share of
+    data"""
+    eval_split: str | None = None
+    """split of `eval_data` (or of `data` when eval_data is not given) to evaluate on"""
+    eval_fraction: float = 0.1
+    """share of distinct prompts held out for evaluation when neither eval_data nor eval_split is
+    given (0 = no evaluation)"""
+    skip_invalid: bool = False
+    """drop invalid rows (counted and reported) instead of stopping at the first"""
+    output_dir: Path = Path("runs/preference")
+    """where the model, eval.json, metrics.jsonl, config.yaml and checkpoint/ go"""
+    model: str | None = None
+    """backbone checkpoint (local path or hub name) for AutoModelForSequenceClassification, e.g.
+    the SFT policy; a new scalar head is added when it has none"""
+    random_init: Path | None = None
+    """instead of `model`: a JSON/YAML backbone config with model_type (e.g. gpt2) to build a small
+    randomly initialised backbone"""
+    tokenizer: str | None = None
+    """tokenizer directory/name; default: the model's, or for random_init one built locally on the
+    training text"""
+    tokenizer_kind: Literal["word", "bpe"] = "bpe"
+    """kind of tokenizer built for random_init when no tokenizer is given"""
+    vocab_size: int = 8000
+    """vocabulary size of a tokenizer built for random_init"""
+    embedding_dim: int = 8
+    """embedding kind only: even size 2k of the preference embedding"""
+    max_length: int = 512
+    """maximum sequence length in tokens (capped by the backbone's positions); longer inputs
+    truncate the prompt first, then both responses equally"""
+    steps: int = 0
+    """optimizer steps; 0 = derive from epochs"""
+    epochs: float = 1.0
+    """passes over the training data when steps is 0"""
+    batch_size: int = 32
+    """comparisons per optimizer step (over all processes and micro-batches)"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step (gradient accumulation)"""
+    lr: float = 5e-5
+    """peak AdamW learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    warmup_steps: int = 0
+    """linear learning-rate warm-up steps (then linear decay to 0)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm (0 = no clipping)"""
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """autocast precision; auto = bf16 on a GPU that supports it, else full precision"""
+    cpu: bool = False
+    """force the CPU even when a GPU is available"""
+    eval_every: int = 0
+    """evaluate every this many steps (0 = only at the end)"""
+    save_every: int = 0
+    """write a resumable checkpoint every this many steps (0 = only at the end)"""
+    log_every: int = 10
+    """append train metrics to metrics.jsonl every this many steps"""
+    eval_batch_size: int = 64
+    """pairs per forward during evaluation"""
+    max_triples: int = 2000
+    """evaluation: at most this many response triples checked for predicted cycles"""
+    resume: bool = False
+    """continue from output_dir/checkpoint if it exists"""
+    seed: int = 0
+    """seed for initialisation, data order and the train/eval split"""
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_length", "vocab_size", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "warmup_steps", "eval_every", "save_every", "max_triples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every: must be >= 1, got {self.log_every}")
+        if self.steps == 0 and not self.epochs > 0:
+            raise ValueError(f"epochs: must be > 0 when steps is 0, got {self.epochs}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError("weight_decay and max_grad_norm: must be >= 0")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size: {self.batch_size} is not divisible by grad_accum {self.grad_accum}"
+            )
+        if self.model is not None and self.random_init is not None:
+            raise ValueError("model / random_init: give one of them, not both")
+        num_labels_for(self.kind, self.embedding_dim)  # validates embedding_dim
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _load_data(
+    cfg: PreferenceTrainConfig,
+    train: list[Comparison] | None,
+    evals: list[Comparison] | None,
+    say,
+) -> tuple[list[Comparison], list[Comparison]]:
+    if train is None:
+        if cfg.data is None:
+            raise ValueError("data: give a comparisons file, dataset directory or hub name")
+        train = load_comparisons(cfg.data, cfg.format, cfg.split, cfg.skip_invalid)
+        if train.skipped:
+            say(train.skipped_summary())
+    train = list(train)
+    if evals is None:
+        if cfg.eval_data is not None:
+            evals = load_comparisons(cfg.eval_data, cfg.format, cfg.eval_split, cfg.skip_invalid)
+            if evals.skipped:
+                say(evals.skipped_summary())
+        elif cfg.eval_split is not None and cfg.data is not None:
+            evals = load_comparisons(cfg.data, cfg.format, cfg.eval_split, cfg.skip_invalid)
+        elif cfg.eval_fraction > 0:
+            train, evals = split_by_prompt(train, cfg.eval_fraction, cfg.seed)
+        else:
+            evals = []
+    evals = list(evals)
+    evals, dropped = drop_shared_prompts(train, evals)
+    if dropped:
+        say(f"dropped {dropped} eval comparisons whose prompt is also in the training data")
+    if not train:
+        raise ValueError("data: no training comparisons left")
+    return train, evals
+
+
+def _build_model(cfg: PreferenceTrainConfig, train: list[Comparison]) -> ScoringModel:
+    from transformers import AutoTokenizer
+
+    from nlhf.models.tokenizer import build_tokenizer
+
+    num_labels = num_labels_for(cfg.kind, cfg.embedding_dim)
+    cls = MODEL_CLASSES[cfg.kind]
+    if cfg.model is not None:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model)
+        backbone = pretrained_backbone(cfg.model, num_labels)
+    elif cfg.random_init is not None:
+        if cfg.tokenizer is not None:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+        else:
+            texts = []
+            for c in train:
+                texts += [as_text(c.prompt), as_text(c.response_a), as_text(c.response_b)]
+            tokenizer = build_tokenizer(texts, cfg.tokenizer_kind, cfg.vocab_size)
+        if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        backbone = random_backbone(cfg.random_init, tokenizer, num_labels)
+    else:
+        raise ValueError("model / random_init: give a backbone checkpoint or a model config")
+    return cls(backbone, tokenizer, max_length=cfg.max_length)
+
+
+class _Stream:
+    """Sample indices of a per-epoch shuffled stream: sample ``k`` is deterministic given seed,
+    so a resumed run sees exactly the batches it would have seen."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._perms = n, seed, {}
+
+    def __call__(self, start: int, count: int) -> list[int]:
+        out = []
+        for k in range(start, start + count):
+            epoch, pos = divmod(k, self.n)
+            if epoch not in self._perms:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
+            out.append(self._perms[epoch][pos])
+        return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_preference(
+    cfg: PreferenceTrainConfig,
+    train: list[Comparison] | None = None,
+    eval: list[Comparison] | None = None,  # noqa: A002  (interface name)
+) -> dict[str, float]:
+    """Train the model of ``cfg.kind``; write ``cfg.output_dir``; return the final metrics.
+
+    ``train`` / ``eval``: comparisons in memory instead of ``cfg.data`` / ``cfg.eval_data``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    mixed = cfg.mixed_precision
+    if mixed == "auto":
+        use_gpu = torch.cuda.is_available() and not cfg.cpu
+        mixed = "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.cpu)
+    is_main = accelerator.is_main_process
+
+    def say(msg: str) -> None:
+        if is_main:
+            print(msg, file=sys.stderr, flush=True)
+
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    ckpt = out / "checkpoint"
+    train, evals = _load_data(cfg, train, eval, say)
+
+    resuming = cfg.resume and (ckpt / "trainer_state.json").is_file()
+    if cfg.resume and not resuming:
+        say(f"resume: no checkpoint in {ckpt}; starting from scratch")
+    if resuming:
+        model = load_model(ckpt / "model")
+        if model.kind != cfg.kind:
+            raise ValueError(
+                f"resume: checkpoint in {ckpt} is a {model.kind} model, not {cfg.kind}"
+            )
+        model.max_length = min(model.max_length, cfg.max_length)
+        model.train()
+    else:
+        model = _build_model(cfg, train)
+
+    # pre-tokenize once
+    prompt_ids = model.encode_texts([as_text(c.prompt) for c in train])
+    a_ids = model.encode_texts([as_text(c.response_a) for c in train])
+    b_ids = model.encode_texts([as_text(c.response_b) for c in train])
+    labels = torch.tensor([c.label for c in train], dtype=torch.float32)
+
+    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
+    world = accelerator.num_processes
+    micro = cfg.batch_size // cfg.grad_accum
+    if micro % world:
+        raise ValueError(
+            f"batch_size: {cfg.batch_size} / grad_accum {cfg.grad_accum} = {micro} comparisons per "
+            f"micro-batch is not divisible by the {world} processes"
+        )
+    per_process = micro // world
+
+    no_decay = ("bias", "norm", "ln_")
+    groups = [
+        {
+            "params": [
+                p for n, p in model.named_parameters() if not any(k in n.lower() for k in no_decay)
+            ],
+            "weight_decay": cfg.weight_decay,
+        },
+        {
+            "params": [
+                p for n, p in model.named_parameters() if any(k in n.lower() for k in no_decay)
+            ],
+            "weight_decay": 0.0,
+        },
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    start_step = 0
+    if resuming:
+        accelerator.load_state(str(ckpt / "state"))
+        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        say(f"resumed from {ckpt} at step {start_step}")
+
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+    log_path = out / "metrics.jsonl"
+    if is_main and not resuming and log_path.exists():
+        log_path.unlink()
+
+    def log(row: dict) -> None:
+        if is_main:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    def run_eval(step: int) -> dict[str, float]:
+        if not evals:
+            return {}
+        unwrapped = accelerator.unwrap_model(model)
+        judge = make_judge(unwrapped, accelerator.device, cfg.eval_batch_size)
+        metrics = evaluate_judge(judge, evals, cfg.max_triples, cfg.seed)
+        unwrapped.train()
+        log({"step": step, **metrics})
+        return metrics
+
+    def save_checkpoint(step: int) -> None:
+        accelerator.wait_for_everyone()
+        tmp = out / "checkpoint.tmp"
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            accelerator.unwrap_model(model).save_pretrained(tmp / "model")
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp / "state"))
+        accelerator.wait_for_everyone()
+        if is_main:
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
+            shutil.rmtree(ckpt, ignore_errors=True)
+            tmp.rename(ckpt)
+        accelerator.wait_for_everyone()
+
+    stream = _Stream(len(train), cfg.seed)
+    model.train()
+    t0 = time.perf_counter()
+    window_loss, window_acc, window_n = 0.0, 0.0, 0
+    last_train: dict[str, float] = {}
+    bar = tqdm(
+        range(start_step, total_steps),
+        initial=start_step,
+        total=total_steps,
+        desc=f"train {cfg.kind}",
+        disable=not is_main,
+        dynamic_ncols=True,
+    )
+    eval_metrics: dict[str, float] = {}
+    for step in bar:
+        for m in range(cfg.grad_accum):
+            first = (step * cfg.grad_accum + m) * micro + accelerator.process_index * per_process
+            idx = stream(first, per_process)
+            batch = accelerator.unwrap_model(model).collate(
+                [prompt_ids[i] for i in idx], [a_ids[i] for i in idx], [b_ids[i] for i in idx]
+            )
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            target = labels[idx].to(accelerator.device)
+            sync = m == cfg.grad_accum - 1
+            ctx = accelerator.no_sync(model) if not sync else _nullcontext()
+            with ctx:
+                d = model(**batch)  # (B,)
+                loss = F.binary_cross_entropy_with_logits(d.float(), target)
+                accelerator.backward(loss / cfg.grad_accum)
+            window_loss += float(loss.detach())
+            window_acc += float((((d > 0) == (target > 0.5)) | (target == 0.5)).float().mean())
+            window_n += 1
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == total_steps:
+            last_train = {
+                "train/loss": window_loss / window_n,
+                "train/accuracy": window_acc / window_n,
+                "train/lr": scheduler.get_last_lr()[0],
+            }
+            log({"step": done, **last_train, "time/elapsed_s": time.perf_counter() - t0})
+            bar.set_postfix(loss=f"{last_train['train/loss']:.4f}")
+            window_loss, window_acc, window_n = 0.0, 0.0, 0
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
+            eval_metrics = run_eval(done)
+            if eval_metrics:
+                bar.set_postfix(
+                    loss=f"{last_train.get('train/loss', float('nan')):.4f}",
+                    eval_acc=f"{eval_metrics['eval/accuracy']:.3f}",
+                )
+        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+            save_checkpoint(done)
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+
+    save_checkpoint(total_steps)
+    eval_metrics = run_eval(total_steps)
+    metrics = {
+        **last_train,
+        **eval_metrics,
+        "train/steps": float(total_steps),
+        "train/comparisons": float(len(train)),
+        "eval/comparisons": float(len(evals)),
+        "time/train_s": train_seconds,
+    }
+    if is_main:
+        accelerator.unwrap_model(model).save_pretrained(out)
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+class _nullcontext:  # noqa: N801
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
