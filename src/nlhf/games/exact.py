@@ -35,9 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 from scipy.optimize import linprog
-from scipy.special import logsumexp, softmax
 
-from nlhf.games.game import PreferenceGame, _as_batches, gap_from_values
+from nlhf.games.game import PreferenceGame, _as_batches, gap_from_values, logsumexp_last
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
 
 
 @dataclass
@@ -125,14 +129,14 @@ def _newton_context(
     ones = np.ones(1)
 
     def evaluate(z):
-        s = softmax(z)
+        s = _softmax(z)
         v = P @ s  # (n,) P(y > s)
         info.matvecs += 1
         F = z - log_mu - v / tau
         return s, v, F
 
     s, v, F = evaluate(z)
-    gap = gap_from_values(v[None], (z - logsumexp(z))[None], log_mu[None], tau, ones)
+    gap = gap_from_values(v[None], (z - logsumexp_last(z))[None], log_mu[None], tau, ones)
     merit = 0.5 * float(F @ F)
     for _ in range(max_steps):
         if gap <= tol:
@@ -159,7 +163,7 @@ def _newton_context(
         else:  # no decrease possible at float64 precision: we are at the solution
             break
         z, s, v, F, merit = z_new, s_new, v_new, F_new, merit_new
-        gap = gap_from_values(v[None], (z - logsumexp(z))[None], log_mu[None], tau, ones)
+        gap = gap_from_values(v[None], (z - logsumexp_last(z))[None], log_mu[None], tau, ones)
     return z, gap
 
 
@@ -215,7 +219,7 @@ def solve_regularized(
             last = k == len(taus) - 1
             stage_tol = tol if last else max(1e-3 * t, tol)
             z, gap = _newton_context(P, log_mu, t, z, stage_tol, max_steps, info)
-            pi = softmax(z)
+            pi = _softmax(z)
             if c == 0:
                 info.stages.append(gap)
         out[c], gaps[c] = pi, gap

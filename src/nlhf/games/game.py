@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
 ArrayLike = np.ndarray
 
@@ -229,9 +228,16 @@ def matvec(P3: np.ndarray, pi3: np.ndarray) -> np.ndarray:
     return np.einsum("cij,cj->ci", P3, pi3)
 
 
+def logsumexp_last(x: np.ndarray) -> np.ndarray:
+    """``log sum exp`` along the last axis, keeping it (fast; scipy's has array-API overhead)."""
+    m = x.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
 def normalize_log(logits: np.ndarray) -> np.ndarray:
     """Log-probabilities from logits along the last axis (log-softmax)."""
-    return logits - logsumexp(logits, axis=-1, keepdims=True)
+    return logits - logsumexp_last(logits)
 
 
 def kl_batch(p3: np.ndarray, q3: np.ndarray) -> np.ndarray:
@@ -260,7 +266,7 @@ def gap_from_values(
     ``log_pi3`` may hold ``-inf`` for responses of probability 0.
     """
     pi3 = np.exp(log_pi3)
-    best = tau * logsumexp(log_mu3 + values3 / tau, axis=-1)  # (C,) max_pi' pi'.v - tau KL
+    best = tau * logsumexp_last(log_mu3 + values3 / tau)[:, 0]  # (C,) max_pi' pi'.v - tau KL
     with np.errstate(invalid="ignore"):
         kl_terms = np.where(pi3 > 0, pi3 * (log_pi3 - log_mu3), 0.0)
     return float(rho @ (best + tau * kl_terms.sum(axis=-1)) - 0.5)
