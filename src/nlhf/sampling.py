@@ -1,0 +1,504 @@
+"""Sampling from causal language models: plain, token-level geometric mixture, and EMA policies.
+
+Munos et al., "Nash Learning from Human Feedback" (ICML 2024), §6 and App. F. Nash-MD-PG plays
+the policy against the *one-step-at-a-time regularized policy*
+
+    pi^beta(y_n | x, y_<n)  ∝  pi_theta(y_n | x, y_<n)^(1 - beta) * mu(y_n | x, y_<n)^beta,
+
+i.e. at every step it samples from ``softmax((1 - beta) * logits_pi + beta * logits_mu)``. This is
+a *token-level* mixture: the per-step normalisers depend on the path, so it is not the
+sequence-level geometric mixture of the two models.
+
+One step of :func:`generate` (each model keeps its OWN key/value cache):
+
+1. run every model that has a non-zero weight on the new token (the whole left-padded prompt on
+   the first step), one incremental forward each;
+2. mix: ``log p = log_softmax(sum_k w_k * log_softmax(logits_k / temperature))`` with
+   ``w = (1 - beta, beta)``; a model with weight 0 is never run (``beta = 0`` samples the policy,
+   ``beta = 1`` the reference, exactly);
+3. draw the next token from ``p`` (optionally truncated by top-k / top-p, off by default because
+   the policy gradient assumes on-policy samples), record its log-probability;
+4. a sequence that emitted EOS is finished: later positions are padding with mask 0.
+
+:class:`EMAPolicy` holds ``theta_bar <- decay * theta_bar + (1 - decay) * theta`` (Nash-EMA-PG's
+alternative policy); it is a ``torch.nn.Module`` that :func:`generate` samples like any policy
+and that saves as a standard Hugging Face checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "Samples",
+    "generate",
+    "encode_prompts",
+    "left_pad",
+    "token_logprobs",
+    "mixture_token_logprobs",
+    "mix_log_probs",
+    "context_length",
+    "EMAPolicy",
+    "AdaptersDisabled",
+]
+
+
+@dataclass
+class Samples:
+    """A batch of sampled responses.
+
+    ``response_ids`` holds the sampled tokens, EOS included, then ``pad`` (mask 0) after it.
+    ``logprobs`` are the log-probabilities of the *sampling* distribution (the mixture when
+    ``beta > 0``, at the sampling temperature), 0 where the mask is 0.
+    """
+
+    prompts: list[str]
+    texts: list[str]  # decoded responses, special tokens removed
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P) 1 = real token
+    response_ids: torch.Tensor  # (B, T)
+    response_mask: torch.Tensor  # (B, T) 1 = sampled token (EOS included)
+    logprobs: torch.Tensor  # (B, T) float32
+    ended: torch.Tensor  # (B,) bool: the response ended with EOS (not cut at max_new_tokens)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Response lengths in tokens, EOS included, (B,)."""
+        return self.response_mask.sum(-1)
+
+
+class AdaptersDisabled(torch.nn.Module):
+    """A PEFT model seen with its adapters switched off: the base model, without a second copy.
+
+    Used as the reference policy of LoRA training, so the mixture sampler keeps a separate KV
+    cache for it while the weights are shared with the policy.
+    """
+
+    def __init__(self, peft_model: torch.nn.Module):
+        super().__init__()
+        self.peft_model = peft_model
+
+    @property
+    def config(self):
+        return self.peft_model.config
+
+    def forward(self, *args, **kwargs):
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)
+
+
+class EMAPolicy(torch.nn.Module):
+    """Exponential moving average of a policy's parameters (Nash-EMA-PG, paper §6).
+
+    ``update(policy)`` applies ``theta_bar <- decay * theta_bar + (1 - decay) * theta``. The object
+    is sampled like any model (``generate(ema, ...)``) and ``save_pretrained`` writes a standard
+    Hugging Face checkpoint (LoRA adapters merged into the base weights).
+    """
+
+    def __init__(self, policy: torch.nn.Module, decay: float = 0.999):
+        super().__init__()
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1], got {decay}")
+        self.decay = float(decay)
+        self.model = copy.deepcopy(policy)
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    @torch.no_grad()
+    def update(self, policy: torch.nn.Module) -> None:
+        """``theta_bar <- decay * theta_bar + (1 - decay) * theta`` for every trainable weight."""
+        source = dict(policy.named_parameters())
+        for name, p_bar in self.model.named_parameters():
+            p = source.get(name)
+            if p is None:
+                raise ValueError(f"EMA update: the policy has no parameter {name!r}")
+            if p.requires_grad:
+                p_bar.lerp_(p.detach().to(p_bar.dtype), 1.0 - self.decay)
+
+    def save_pretrained(self, path: str | Path, tokenizer=None, **kwargs) -> None:
+        """Write the averaged policy as a standard Hugging Face checkpoint."""
+        model = self.model
+        if hasattr(model, "merge_and_unload"):  # PEFT: merge adapters into a copy
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(str(path), **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _hf_forward_signature(model: torch.nn.Module) -> inspect.Signature:
+    """The signature of the innermost Hugging Face forward (through PEFT/EMA/DDP wrappers)."""
+    for module in model.modules():
+        params = inspect.signature(module.forward).parameters
+        if "input_ids" in params and ("cache" in params or "past_key_values" in params):
+            return inspect.signature(module.forward)
+    return inspect.signature(model.forward)
+
+
+_CACHE_KWARG: dict[type, tuple[str, bool]] = {}
+
+
+def _cache_kwarg(model: torch.nn.Module) -> tuple[str, bool]:
+    """Name of the KV-cache argument (``cache`` in transformers >= 5.x, else
+    ``past_key_values``) and whether ``logits_to_keep`` is accepted."""
+    key = type(model)
+    if key not in _CACHE_KWARG:
+        params = _hf_forward_signature(model).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        _CACHE_KWARG[key] = (name, "logits_to_keep" in params)
+    return _CACHE_KWARG[key]
+
+
+def _output_cache(out):
+    for key in ("cache", "past_key_values"):
+        value = out.get(key) if hasattr(out, "get") else getattr(out, key, None)
+        if value is not None:
+            return value
+    raise ValueError("the model returned no key/value cache (use_cache=True was ignored)")
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The model's maximum sequence length from its config, or None if it has no limit."""
+    config = model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt, as written (no BOS/EOS added; special tokens in the text kept)."""
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got a single string")
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    for i, ids in enumerate(encoded):
+        if len(ids) == 0:
+            raise ValueError(f"prompt {i} ({prompts[i]!r}) is empty after tokenization")
+    return [list(ids) for ids in encoded]
+
+
+def left_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists: ids (B, P) and mask (B, P)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pad_id(tokenizer) -> int:
+    for tok_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tok_id is not None:
+            return int(tok_id)
+    return 0
+
+
+def mix_log_probs(
+    logits: Sequence[torch.Tensor], weights: Sequence[float], temperature: float = 1.0
+) -> torch.Tensor:
+    """``log_softmax(sum_k w_k * log_softmax(logits_k / temperature))`` over the last axis.
+
+    With a single model of weight 1 this is exactly ``log_softmax(logits / temperature)``.
+    The weighted sum is the token-level geometric mixture ``prod_k p_k^w_k`` (renormalised).
+    """
+    if len(logits) == 1 and weights[0] == 1.0:
+        return F.log_softmax(logits[0].float() / temperature, dim=-1)
+    vocab = {lg.shape[-1] for lg in logits}
+    if len(vocab) != 1:
+        raise ValueError(
+            f"policy and reference have different vocabulary sizes {sorted(vocab)}; "
+            "the token-level mixture needs the same vocabulary"
+        )
+    mixed = sum(
+        w * F.log_softmax(lg.float() / temperature, dim=-1)
+        for lg, w in zip(logits, weights)
+        if w != 0.0
+    )
+    return F.log_softmax(mixed, dim=-1)
+
+
+def _truncate(logp: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Top-k / nucleus truncation of log-probs (B, V), renormalised. Off unless asked."""
+    if top_k is None and (top_p is None or top_p >= 1.0):
+        return logp
+    if top_k is not None and 0 < top_k < logp.shape[-1]:
+        kth = torch.topk(logp, top_k, dim=-1).values[..., -1:]
+        logp = logp.masked_fill(logp < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logp, order = torch.sort(logp, descending=True, dim=-1)
+        cum = sorted_logp.exp().cumsum(-1)
+        drop_sorted = (cum - sorted_logp.exp()) >= top_p  # keep the smallest set with mass >= p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logp = logp.masked_fill(drop, float("-inf"))
+    return F.log_softmax(logp, dim=-1)
+
+
+def _draw(logp: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row from log-probs (B, V) -> (B,)."""
+    probs = logp.exp()
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(
+            probs.device
+        )
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# sampling
+
+
+@torch.no_grad()
+def generate(
+    policy: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    reference: torch.nn.Module | None = None,
+    beta: float = 0.0,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Samples:
+    """Sample one response per prompt from ``policy`` or from the token-level mixture
+    ``softmax((1 - beta) logits_policy + beta logits_reference)`` (paper §6, Nash-MD-PG).
+
+    Prompts are tokenized as written (no BOS added), left-padded, and each model keeps its own
+    KV cache, so a token costs one incremental forward of each model with non-zero weight.
+    Sampling stops at ``tokenizer.eos_token_id`` or after ``max_new_tokens``. The models are run
+    in eval mode (dropout off) and restored to their previous mode afterwards.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if beta > 0 and reference is None:
+        raise ValueError(f"beta = {beta} mixes in the reference, but no reference was given")
+    if len(prompts) == 0:
+        raise ValueError("generate: the prompt list is empty")
+    models: list[tuple[torch.nn.Module, float]] = []
+    if beta < 1.0:
+        models.append((policy, 1.0 - beta))
+    if beta > 0.0:
+        models.append((reference, beta))
+    if len(models) == 2:
+        v_pi, v_mu = (m.config.vocab_size for m, _ in models)
+        if v_pi != v_mu:
+            raise ValueError(
+                f"the reference's vocabulary size {v_mu} differs from the policy's {v_pi}; "
+                "the token-level mixture needs the same vocabulary"
+            )
+
+    encoded = encode_prompts(tokenizer, prompts)
+    batch_size = batch_size or len(encoded)
+    parts = [
+        _generate_batch(
+            models,
+            tokenizer,
+            encoded[i : i + batch_size],
+            max_new_tokens,
+            temperature,
+            generator,
+            top_k,
+            top_p,
+        )
+        for i in range(0, len(encoded), batch_size)
+    ]
+    pad_id = _pad_id(tokenizer)
+    width_p = max(p[0].shape[1] for p in parts)
+    width_t = max(p[2].shape[1] for p in parts)
+
+    def cat(index: int, width: int, fill: float, left: bool) -> torch.Tensor:
+        tensors = []
+        for p in parts:
+            t = p[index]
+            extra = width - t.shape[1]
+            pad = (extra, 0) if left else (0, extra)
+            tensors.append(F.pad(t, pad, value=fill))
+        return torch.cat(tensors)
+
+    prompt_ids = cat(0, width_p, pad_id, left=True)
+    prompt_mask = cat(1, width_p, 0, left=True)
+    response_ids = cat(2, width_t, pad_id, left=False)
+    response_mask = cat(3, width_t, 0, left=False)
+    logprobs = cat(4, width_t, 0.0, left=False)
+    ended = torch.cat([p[5] for p in parts])
+    ids_cpu, mask_cpu = response_ids.cpu(), response_mask.cpu().bool()
+    texts = tokenizer.batch_decode(
+        [ids_cpu[i][mask_cpu[i]].tolist() for i in range(len(ids_cpu))], skip_special_tokens=True
+    )
+    return Samples(
+        prompts=list(prompts),
+        texts=[t.strip() for t in texts],
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=logprobs,
+        ended=ended,
+    )
+
+
+def _generate_batch(
+    models, tokenizer, encoded, max_new_tokens, temperature, generator, top_k, top_p
+):
+    device = _model_device(models[0][0])
+    pad_id = _pad_id(tokenizer)
+    eos_id = tokenizer.eos_token_id
+    prompt_ids, prompt_mask = left_pad(encoded, pad_id, device)  # (B, P)
+    B, P = prompt_ids.shape
+    limit = min(context_length(m) or 10**9 for m, _ in models)
+    if limit <= P:
+        longest = max(range(B), key=lambda i: len(encoded[i]))
+        raise ValueError(
+            f"prompt {longest} has {len(encoded[longest])} tokens, which leaves no room for a "
+            f"response in the model context of {limit} tokens"
+        )
+    steps = min(max_new_tokens, limit - P)
+    weights = [w for _, w in models]
+    was_training = [m.training for m, _ in models]
+    for m, _ in models:
+        m.eval()
+    try:
+        attention = prompt_mask.clone()  # (B, P + t)
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+        caches: list = [None] * len(models)
+        last_logits: list[torch.Tensor] = []
+        for k, (model, _) in enumerate(models):
+            cache_name, keep_ok = _cache_kwarg(model)
+            extra = {"logits_to_keep": 1} if keep_ok else {}
+            out = model(
+                input_ids=prompt_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                use_cache=True,
+                **extra,
+            )
+            caches[k] = _output_cache(out)
+            last_logits.append(out.logits[:, -1])  # (B, V)
+        next_pos = positions[:, -1] + 1  # (B,)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        tokens, masks, logps = [], [], []
+        for t in range(steps):
+            logp = mix_log_probs(last_logits, weights, temperature)  # (B, V)
+            logp = _truncate(logp, top_k, top_p)
+            token = _draw(logp, generator)  # (B,)
+            live = ~done
+            token = torch.where(live, token, torch.full_like(token, pad_id))
+            tokens.append(token)
+            masks.append(live.long())
+            logps.append(torch.where(live, logp.gather(-1, token[:, None])[:, 0], 0.0))
+            if eos_id is not None:
+                done = done | (live & (token == eos_id))
+            if bool(done.all()) or t == steps - 1:
+                break
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            for k, (model, _) in enumerate(models):
+                cache_name, _ = _cache_kwarg(model)
+                out = model(
+                    input_ids=token[:, None],
+                    attention_mask=attention,
+                    position_ids=next_pos[:, None],
+                    use_cache=True,
+                    **{cache_name: caches[k]},
+                )
+                caches[k] = _output_cache(out)
+                last_logits[k] = out.logits[:, -1]
+            next_pos = next_pos + 1
+    finally:
+        for (m, _), was in zip(models, was_training):
+            m.train(was)
+    response_ids = torch.stack(tokens, 1)  # (B, T)
+    response_mask = torch.stack(masks, 1)  # (B, T)
+    logprobs = torch.stack(logps, 1).float()  # (B, T)
+    return prompt_ids, prompt_mask, response_ids, response_mask, logprobs, done
+
+
+# --------------------------------------------------------------------------------------------
+# scoring (no cache): what the trainer differentiates, and what the exactness tests compare to
+
+
+def response_logits(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Logits predicting each response token, from one forward over prompt + response.
+
+    prompt (B, P) left-padded, response (B, T) right-padded -> logits (B, T, V).
+    """
+    ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P + T)
+    mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P + T)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    P = prompt_ids.shape[1]
+    return out.logits[:, P - 1 : -1]  # (B, T, V)
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log p(y_n | x, y_<n) for each response token under ``model`` at ``temperature``, (B, T),
+    0 where the mask is 0. Differentiable (call under ``torch.no_grad()`` when not needed)."""
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
+    chosen = logp.gather(-1, response_ids[..., None])[..., 0]  # (B, T)
+    return chosen * response_mask
+
+
+@torch.no_grad()
+def mixture_token_logprobs(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    beta: float,
+    samples: Samples,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-token log-probs (B, T) of the token-level mixture, recomputed without a cache."""
+    args = (samples.prompt_ids, samples.prompt_mask, samples.response_ids, samples.response_mask)
+    models = []
+    if beta < 1.0:
+        models.append((policy, 1.0 - beta))
+    if beta > 0.0:
+        models.append((reference, beta))
+    logits = [response_logits(m, *args) for m, _ in models]
+    logp = mix_log_probs(logits, [w for _, w in models], temperature)  # (B, T, V)
+    chosen = logp.gather(-1, samples.response_ids[..., None])[..., 0]
+    return chosen * samples.response_mask

@@ -1,0 +1,36 @@
+"""Train a policy against a preference model: Nash-MD-PG, Nash-EMA-PG, SP, BR, or RLHF.
+
+Munos et al., "Nash Learning from Human Feedback" (ICML 2024), §6. The alternative policy
+names the algorithm: --alternative mixture (Nash-MD-PG, --beta), ema (Nash-EMA-PG,
+--ema-decay), self (self-play), reference (best response to the reference); --reward-model
+turns the judge's reward into the RLHF baseline. Runs on CPU, one GPU, or under
+`accelerate launch` (DDP / FSDP / DeepSpeed). Writes the final policy as a Hugging Face
+checkpoint, metrics.jsonl, config.yaml and a resumable checkpoint/ to --output-dir.
+
+examples:
+  nlhf train --policy runs/sft --judge runs/pm --prompts prompts.txt --beta 0.125 --tau 0.008
+  nlhf train --config configs/train.yaml --output-dir runs/md1 --resume
+  accelerate launch -m nlhf.cli train --config configs/train.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from nlhf.config import add_config_arguments, config_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags: one per field of ``PolicyTrainConfig`` (help from the field docstrings)."""
+    from nlhf.train.policy import PolicyTrainConfig
+
+    add_config_arguments(parser, PolicyTrainConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nlhf.train.policy import PolicyTrainConfig, train_policy
+
+    cfg = config_from_args(PolicyTrainConfig, args)
+    out = train_policy(cfg)
+    print(f"policy written to {out}")
+    return 0
