@@ -1,8 +1,8 @@
 """The policy trainer: Nash-MD-PG, Nash-EMA-PG, self-play, best response and the RLHF baseline.
 
 Munos et al., "Nash Learning from Human Feedback" (ICML 2024), §6 and App. F. For each prompt
-``x`` the policy samples ``y ~ pi_theta(.|x)`` and the *alternative policy* samples ``y' ~ pi'(.|x)``
-(no gradient through ``y'``); the update follows
+``x`` the policy samples ``y ~ pi_theta(.|x)`` and the *alternative policy* samples
+``y' ~ pi'(.|x)`` (no gradient through ``y'``); the update follows
 
     g = grad log pi_theta(y|x) * [ P(y > y'|x) - 1/2 - tau * log(pi_theta(y|x) / mu(y|x)) ],
 
@@ -69,7 +69,8 @@ class PolicyTrainConfig:
     """Hyper-parameters of ``nlhf train`` (one field per flag)."""
 
     policy: str | None = None
-    """policy checkpoint to start from (a Hugging Face causal LM directory, usually the SFT model)"""
+    """policy checkpoint to start from (a Hugging Face causal LM directory, usually the SFT
+    model)"""
     reference: str | None = None
     """reference policy mu (default: the initial policy; with --lora: the base model with the
     adapters disabled)"""
@@ -95,7 +96,8 @@ class PolicyTrainConfig:
     reward_model: bool = False
     """RLHF baseline: the judge is a reward model and r(x, y) - baseline replaces P(y > y') - 1/2"""
     reward_baseline: Literal["mean", "alternative", "none"] = "mean"
-    """RLHF baseline: leave-one-out batch mean of r, r(x, y') of the alternative's sample, or none"""
+    """RLHF baseline: leave-one-out batch mean of r, r(x, y') of the alternative's sample, or
+    none"""
     model_free: bool = False
     """use a sampled 0/1 preference label instead of the probability P(y > y'|x)"""
     steps: int = 100
@@ -164,7 +166,8 @@ class PolicyTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ValueError(
-                f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})"
+                f"batch_size ({self.batch_size}) must be divisible by "
+                f"grad_accum ({self.grad_accum})"
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
