@@ -1,0 +1,197 @@
+"""Compare policies pairwise under a judge and write a report (Munos et al. 2024, §7).
+
+Every pair of policy checkpoints answers the same prompts (one sampled response per prompt per
+policy, reused across that policy's pairs); the judge compares each pair of responses; the result
+is the matrix of P(column beats row) with 95% intervals (Clopper-Pearson for sampled 0/1 labels,
+Student-t or bootstrap for the judge's probabilities), each policy's worst-case win rate, the
+Nash mixture of the pool's meta-game and each policy's exploitability within the pool.
+
+Judges: --judge builtin (the built-in task's exact simulated raters), --judge PATH (a trained
+preference- or reward-model directory), --judge python:MODULE:FUNCTION (any callable
+fn(prompts, a, b) returning P(a > b) per item, or a Judge object; MODULE may be a .py file).
+
+Example:
+  nlhf tournament --policies sft=runs/demo/sft md1=runs/demo/nash-md-0.125 \\
+      --judge builtin --n-prompts 1000 --output-dir runs/tournament
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+
+from nlhf.config import add_config_arguments, config_from_args
+from nlhf.eval.tournament import TournamentConfig, parse_policy_specs, run_tournament
+from nlhf.models.judge import CallableJudge, Judge
+
+# Prompts drawn for --judge builtin without --prompts use their own stream of the task, so they
+# differ from the prompts the demo trains on (seed 0, 1, ...).
+BUILTIN_EVAL_PROMPT_SEED = 7_919
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, TournamentConfig)
+    parser.add_argument(
+        "--training-curves",
+        nargs="*",
+        default=[],
+        metavar="NAME=PATH",
+        help="metrics.jsonl files (or run directories holding one) to plot in the report",
+    )
+    parser.add_argument(
+        "--task-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML with the built-in task's settings (SummaryTaskConfig fields, or a file with "
+        "a 'task:' section) for --judge builtin; default: the task's defaults",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line, blank lines skipped) or a JSONL file (``.jsonl``
+    or ``.json``: one JSON string or one object with a ``"prompt"`` string per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    lines = path.read_text().splitlines()
+    prompts: list[str] = []
+    jsonl = path.suffix in (".jsonl", ".json")
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            prompts.append(line)
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {i}: not JSON ({err.msg})") from None
+        if isinstance(item, dict):
+            if "prompt" not in item:
+                raise ValueError(f'{path}, line {i}: no "prompt" key (keys: {sorted(item)})')
+            item = item["prompt"]
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError(f"{path}, line {i}: the prompt must be a non-empty string")
+        prompts.append(item)
+    if not prompts:
+        raise ValueError(f"prompts file {path} has no prompts")
+    return prompts
+
+
+def load_task(task_config: Path | None, seed: int = 0):
+    """The built-in task (``nlhf.tasks.summaries.SummaryTask``) from a YAML file or defaults."""
+    from nlhf.tasks.summaries import SummaryTask, SummaryTaskConfig
+
+    if task_config is None:
+        return SummaryTask(seed=seed)
+    import yaml
+
+    from nlhf.config import from_dict
+
+    path = Path(task_config)
+    if not path.is_file():
+        raise FileNotFoundError(f"task config {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if isinstance(data, dict) and isinstance(data.get("task"), dict):
+        data = data["task"]
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of SummaryTaskConfig fields")
+    return SummaryTask.from_config(from_dict(SummaryTaskConfig, data, where=str(path)))
+
+
+def build_judge(spec: str, task=None, device: str | None = None) -> Judge:
+    """``builtin`` | ``python:MODULE:FUNCTION`` | a model directory -> a ``Judge``."""
+    if spec == "builtin":
+        if task is None:
+            task = load_task(None)
+        return task.judge()
+    if spec.startswith("python:"):
+        target = spec[len("python:") :]
+        module_name, sep, attr = target.rpartition(":")
+        if not sep or not module_name or not attr:
+            raise ValueError(f"--judge {spec!r}: expected python:MODULE:FUNCTION")
+        try:
+            if module_name.endswith(".py") or "/" in module_name:
+                file = Path(module_name)
+                if not file.is_file():
+                    raise FileNotFoundError(f"--judge {spec!r}: {file} does not exist")
+                mod_spec = importlib.util.spec_from_file_location(file.stem, file)
+                module = importlib.util.module_from_spec(mod_spec)
+                mod_spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ValueError(f"--judge {spec!r}: cannot import {module_name} ({err})") from None
+        obj = getattr(module, attr, None)
+        if obj is None:
+            raise ValueError(f"--judge {spec!r}: {module_name} has no attribute {attr!r}")
+        if callable(getattr(obj, "prob", None)):
+            return obj
+        if callable(obj):
+            return CallableJudge(obj)
+        raise ValueError(f"--judge {spec!r}: {attr} is neither a Judge nor a callable")
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--judge {spec!r}: no such model directory (or use 'builtin' / python:MODULE:FN)"
+        )
+    from nlhf.models import load_judge
+
+    return load_judge(path, device=device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nlhf.eval.report import task_sections, write_report
+
+    cfg = config_from_args(TournamentConfig, args)
+    if not cfg.policies:
+        raise ValueError("--policies: give at least two checkpoints (NAME=PATH or PATH)")
+    policies = parse_policy_specs(cfg.policies)
+    curves = {}
+    for spec in args.training_curves:
+        name, sep, p = spec.partition("=")
+        if not sep:
+            name, p = Path(spec).name, spec
+        curves[name] = Path(p)
+    task = None
+    if cfg.judge == "builtin":
+        task = load_task(args.task_config, seed=cfg.task_seed)
+    device = None if cfg.device == "auto" else cfg.device
+    judge = build_judge(cfg.judge, task=task, device=device)
+    if cfg.prompts is not None:
+        prompts = load_prompts(cfg.prompts)
+    elif task is not None:
+        prompts = task.prompts(cfg.n_prompts or 500, seed=BUILTIN_EVAL_PROMPT_SEED + cfg.seed)
+    else:
+        raise ValueError("--prompts is required unless --judge builtin")
+
+    result = run_tournament(
+        policies,
+        prompts,
+        judge,
+        n_prompts=cfg.n_prompts or None,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        labels=cfg.labels,
+        temperature=cfg.temperature,
+        interval=cfg.interval,
+        confidence=cfg.confidence,
+        batch_size=cfg.batch_size,
+        judge_batch_size=cfg.judge_batch_size,
+        balance_positions=cfg.balance_positions,
+        device=cfg.device,
+        progress=not args.quiet,
+    )
+    result.settings["judge_spec"] = cfg.judge
+    sections, figures = [], {}
+    if task is not None:
+        sections, figures = task_sections(result, task, cfg.output_dir)
+    report = write_report(result, cfg.output_dir, curves, sections=sections, figures=figures)
+    print(result.summary_table())
+    print(f"\nreport: {report}")
+    return 0

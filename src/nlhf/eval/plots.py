@@ -1,0 +1,225 @@
+"""Figures for the tournament report (matplotlib, Agg backend, PNG files).
+
+- ``plot_preference_matrix``: heatmap of ``P(column > row)`` with each cell annotated with the
+  estimate and its interval (the paper's Table 1/Figure, Munos et al. 2024, §7);
+- ``plot_training_curves``: one subplot per namespaced metric (``pref/mean``, ``kl/ref``, ...) of
+  several runs' ``metrics.jsonl``, one line per run;
+- ``plot_style_distribution``: each policy's distribution over response styles as a stacked bar,
+  next to the exact Nash mixture of the style game (the built-in task, DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Metrics shown first when present; the rest follow alphabetically.
+PREFERRED_METRICS = (
+    "pref/mean",
+    "pref/vs_alternative",
+    "reward/mean",
+    "kl/ref",
+    "loss/total",
+    "loss/policy",
+    "policy/entropy",
+    "policy/length",
+    "policy/eos_rate",
+)
+NOT_METRICS = {"step", "global_step", "epoch", "time", "wall_time", "elapsed", "timestamp"}
+
+
+def plot_preference_matrix(
+    matrix: np.ndarray,
+    names: Sequence[str],
+    path: str | Path,
+    lower: np.ndarray | None = None,
+    upper: np.ndarray | None = None,
+    title: str = "P(column beats row)",
+) -> Path:
+    """Heatmap of ``matrix[row, col] = P(col > row)`` on a diverging scale centred at 1/2; each cell
+    shows the estimate and, if given, its interval. Returns the PNG path."""
+    M = np.asarray(matrix, dtype=np.float64)
+    K = len(names)
+    if M.shape != (K, K):
+        raise ValueError(f"matrix has shape {M.shape}, expected ({K}, {K}) for {K} names")
+    size = max(4.5, 0.95 * K + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(M, cmap="RdBu", vmin=0.0, vmax=1.0)
+    font = max(5.5, min(10.0, 52.0 / K))
+    for r in range(K):
+        for c in range(K):
+            p = M[r, c]
+            text = f"{p:.2f}"
+            if r != c and lower is not None and upper is not None:
+                text += f"\n[{lower[r, c]:.2f}, {upper[r, c]:.2f}]"
+            color = "white" if abs(p - 0.5) > 0.3 else "black"
+            ax.text(c, r, text, ha="center", va="center", fontsize=font, color=color)
+    ax.set_xticks(range(K), labels=list(names), rotation=40, ha="right")
+    ax.set_yticks(range(K), labels=list(names))
+    ax.set_xlabel("column policy (the one whose win rate is shown)")
+    ax.set_ylabel("row policy (opponent)")
+    ax.set_title(title)
+    ax.set_xticks(np.arange(-0.5, K, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, K, 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label("P(column > row)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of a ``metrics.jsonl`` file (one JSON object per line); bad lines are an error naming
+    the file and line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file {path} does not exist")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {i}: not JSON ({err})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}, line {i}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+def plot_training_curves(
+    runs: Mapping[str, str | Path],
+    path: str | Path,
+    metrics: Sequence[str] | None = None,
+    max_metrics: int = 9,
+    smooth: int | None = None,
+) -> Path | None:
+    """One subplot per metric, one line per run, from each run's ``metrics.jsonl`` (a file or a
+    directory holding one). ``metrics``: which keys (default: the numeric keys present, preferred
+    ones first, at most ``max_metrics``). Long noisy curves are drawn faintly with a moving average
+    on top (window ``smooth``, default ~1/20 of the run). Returns the PNG path, or ``None`` when no
+    run has any metric."""
+    data: dict[str, list[dict]] = {name: read_metrics(p) for name, p in runs.items()}
+    present: set[str] = set()
+    for rows in data.values():
+        for row in rows:
+            present |= {k for k, v in row.items() if _is_number(v) and k not in NOT_METRICS}
+    if metrics is None:
+        chosen = [m for m in PREFERRED_METRICS if m in present]
+        chosen += sorted(present - set(chosen))
+        metrics = chosen[:max_metrics]
+    metrics = [m for m in metrics if m in present]
+    if not metrics:
+        return None
+    ncols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.2 * nrows + 0.6), squeeze=False)
+    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    for m_idx, metric in enumerate(metrics):
+        ax = axes[m_idx // ncols][m_idx % ncols]
+        for r_idx, (name, rows) in enumerate(data.items()):
+            xs, ys = [], []
+            for i, row in enumerate(rows):
+                v = row.get(metric)
+                if _is_number(v) and math.isfinite(float(v)):
+                    xs.append(float(row.get("step", row.get("global_step", i))))
+                    ys.append(float(v))
+            if not xs:
+                continue
+            color = colors(r_idx % colors.N)
+            window = smooth or max(1, len(ys) // 20)
+            if window > 1 and len(ys) > 2 * window:
+                ax.plot(xs, ys, color=color, alpha=0.2, linewidth=0.8)
+                kernel = np.ones(window) / window
+                ys_s = np.convolve(ys, kernel, mode="valid")
+                ax.plot(xs[window - 1 :], ys_s, color=color, linewidth=1.6, label=name)
+            else:
+                ax.plot(xs, ys, color=color, linewidth=1.6, label=name, marker="." * (len(xs) < 30))
+        ax.set_title(metric)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for m_idx in range(len(metrics), nrows * ncols):
+        axes[m_idx // ncols][m_idx % ncols].axis("off")
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 6), 1, 1))
+    return _save(fig, path)
+
+
+def plot_style_distribution(
+    names: Sequence[str],
+    dist: np.ndarray,
+    styles: Sequence[str],
+    nash: np.ndarray,
+    path: str | Path,
+    title: str = "Response styles of each policy vs the Nash mixture of the style game",
+) -> Path:
+    """Stacked horizontal bars: row ``k`` is policy ``names[k]``'s distribution over ``styles``
+    (``dist`` (K, S), rows sum to 1); the top bar is the exact Nash mixture ``nash`` (S,), whose
+    boundaries are also drawn as dashed lines through every bar. Returns the PNG path."""
+    D = np.asarray(dist, dtype=np.float64)
+    nash = np.asarray(nash, dtype=np.float64).reshape(-1)
+    K, S = len(names), len(styles)
+    if D.shape != (K, S):
+        raise ValueError(f"dist has shape {D.shape}, expected ({K}, {S}) for names x styles")
+    if nash.shape != (S,):
+        raise ValueError(f"nash has shape {nash.shape}, expected ({S},)")
+    labels = ["Nash mixture"] + list(names)
+    rows = np.vstack([nash, D])  # (K+1, S)
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * (K + 1) + 1.8))
+    colors = plt.get_cmap("Set2")
+    y = np.arange(K + 1)[::-1]  # Nash on top
+    left = np.zeros(K + 1)
+    for s, style in enumerate(styles):
+        width = rows[:, s]
+        bars = ax.barh(y, width, left=left, color=colors(s % 8), edgecolor="white", label=style)
+        bars[0].set_edgecolor("black")
+        bars[0].set_linewidth(1.2)
+        for k in range(K + 1):
+            if width[k] >= 0.07:
+                ax.text(
+                    left[k] + width[k] / 2, y[k], f"{width[k]:.0%}", ha="center", va="center",
+                    fontsize=8,
+                )  # fmt: skip
+        left += width
+    for b in np.cumsum(nash)[:-1]:
+        ax.axvline(b, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
+    ax.set_yticks(y, labels=labels)
+    ax.get_yticklabels()[0].set_fontweight("bold")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of responses")
+    ax.set_title(title, fontsize=10)
+    ax.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.5 / (K + 2)), ncol=S, frameon=False
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,353 @@
+"""The tournament report: one Markdown file a person can read, plus the same numbers as JSON/CSV.
+
+Layout of ``report.md`` (Munos et al. 2024, §7 reports the same matrix with 95% intervals):
+  1. what was compared, on how many prompts, under which judge and interval;
+  2. the preference matrix ``P(column > row)`` as a table with intervals, and its heatmap;
+  3. the pool summary: mean and worst-case win rate, the meta-game's Nash mixture and each
+     policy's exploitability within the pool;
+  4. the caller's sections and figures (e.g. the built-in task's style distribution);
+  5. training curves of every policy (from their ``metrics.jsonl``);
+  6. a few sample responses; 7. the files written next to it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nlhf.eval.plots import plot_preference_matrix, plot_training_curves
+from nlhf.eval.tournament import TournamentResult
+
+
+def _md(text: str) -> str:
+    """Escape what would break a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def matrix_table(result: TournamentResult) -> str:
+    """The matrix as a Markdown table: rows = opponents, columns = the policy whose win rate is
+    shown, each cell ``p [lower, upper]``; bold where the whole interval is above 1/2."""
+    names = result.names
+    head = "| row \\ column | " + " | ".join(f"**{_md(n)}**" for n in names) + " |"
+    sep = "|---|" + "---:|" * len(names)
+    lines = [head, sep]
+    for r, rn in enumerate(names):
+        cells = []
+        for c in range(len(names)):
+            if r == c:
+                cells.append("—")
+                continue
+            p, lo, hi = result.matrix[r, c], result.lower[r, c], result.upper[r, c]
+            cell = f"{p:.3f} [{lo:.3f}, {hi:.3f}]"
+            cells.append(f"**{cell}**" if lo > 0.5 else cell)
+        lines.append(f"| **{_md(rn)}** | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pool_table(result: TournamentResult) -> str:
+    """One row per policy: mean and worst-case win rate, meta-Nash weight, exploitability; sorted
+    by worst-case win rate (the paper's max-min criterion), best first."""
+    order = sorted(range(len(result.names)), key=lambda k: -result.worst_case[k])
+    lines = [
+        "| rank | policy | mean win rate | worst-case win rate (vs) | meta-Nash weight "
+        "| exploitability in pool |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for rank, k in enumerate(order, start=1):
+        lines.append(
+            f"| {rank} | {_md(result.names[k])} | {result.mean_win_rate[k]:.3f} "
+            f"| {result.worst_case[k]:.3f} ({_md(result.worst_opponent[k])}) "
+            f"| {result.meta_nash[k]:.3f} | {result.exploitability[k]:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _reading(result: TournamentResult) -> str:
+    """A few factual sentences computed from the numbers (no interpretation of the method)."""
+    names = result.names
+    K = len(names)
+    best = int(np.argmax(result.worst_case))
+    lines = []
+    beats_all = [
+        names[c] for c in range(K) if all(result.lower[r, c] > 0.5 for r in range(K) if r != c)
+    ]
+    if beats_all:
+        lines.append(
+            f"- **{beats_all[0]}** beats every other policy in the pool with the whole interval "
+            "above 1/2 (a Condorcet winner of the pool)."
+        )
+    else:
+        lines.append(
+            f"- No policy beats every other one with its whole interval above 1/2. The best "
+            f"worst case is **{names[best]}**'s {result.worst_case[best]:.3f} "
+            f"(against {result.worst_opponent[best]})."
+        )
+    worst = int(np.argmin(result.mean_win_rate))
+    lines.append(f"- Lowest mean win rate: **{names[worst]}** ({result.mean_win_rate[worst]:.3f}).")
+    order = np.argsort(-result.meta_nash, kind="stable")
+    support = [
+        f"{names[k]} ({result.meta_nash[k]:.2f})" for k in order if result.meta_nash[k] > 1e-3
+    ]
+    if len(support) == 1:
+        lines.append(f"- The meta-game's Nash equilibrium is the pure policy {support[0]}.")
+    else:
+        lines.append(f"- The meta-game's Nash mixture: {', '.join(support)}.")
+    cycles = _strict_cycles(result)
+    if cycles:
+        a, b, c = cycles[0]
+        more = f" ({len(cycles) - 1} more such cycles)" if len(cycles) > 1 else ""
+        lines.append(
+            f"- Non-transitive: {a} beats {b}, {b} beats {c} and {c} beats {a}, all three "
+            f"intervals excluding 1/2{more}."
+        )
+    return "\n".join(lines)
+
+
+def _strict_cycles(result: TournamentResult) -> list[tuple[str, str, str]]:
+    """Triples (a, b, c) with a > b > c > a, every interval excluding 1/2 (each cycle once)."""
+    K = len(result.names)
+
+    def beats(a: int, b: int) -> bool:  # P(a > b) = matrix[b, a]
+        return result.lower[b, a] > 0.5
+
+    out = []
+    for a in range(K):
+        for b in range(K):
+            for c in range(K):
+                if a < b and a < c and b != c and beats(a, b) and beats(b, c) and beats(c, a):
+                    out.append(tuple(result.names[i] for i in (a, b, c)))
+    return out
+
+
+def _samples_section(result: TournamentResult, n_examples: int) -> str:
+    if not result.samples or not result.prompts:
+        return ""
+    lines = []
+    for i in range(min(n_examples, len(result.prompts))):
+        lines.append(f"**Prompt {i + 1}:** `{_md(result.prompts[i])}`\n")
+        lines.append("| policy | response |")
+        lines.append("|---|---|")
+        for n in result.names:
+            if n in result.samples:
+                lines.append(f"| {_md(n)} | {_md(result.samples[n][i]) or '*(empty)*'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(
+    result: TournamentResult,
+    out_dir: str | Path,
+    training_curves: Mapping[str, str | Path] | None = None,
+    sections: Sequence[tuple[str, str]] = (),
+    figures: Mapping[str, str | Path] | None = None,
+    title: str = "Tournament report",
+    n_examples: int = 3,
+) -> Path:
+    """Write ``out_dir/report.md`` with the matrix, pool summary, heatmap, the caller's
+    ``sections`` (``(heading, markdown)`` pairs) and ``figures`` (``{caption: png}``, copied into
+    ``out_dir`` when they live elsewhere), training curves of ``training_curves``
+    (``{policy: metrics.jsonl or its run dir}``), and next to it ``tournament.json``,
+    ``matrix.csv``, ``policies.csv``, ``samples.jsonl``. Returns the path of ``report.md``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[tuple[str, str]] = []
+
+    heatmap = plot_preference_matrix(
+        result.matrix,
+        result.names,
+        out / "heatmap.png",
+        result.lower,
+        result.upper,
+        title=f"P(column beats row), {result.n_prompts} prompts per pair",
+    )
+    files.append((heatmap.name, "heatmap of the preference matrix"))
+    result.to_json(out / "tournament.json")
+    files.append(("tournament.json", "every number in this report"))
+    result.to_csv(out / "matrix.csv")
+    files.append(("matrix.csv", "one row per (row, column) pair with its interval"))
+    result.policies_to_csv(out / "policies.csv")
+    files.append(("policies.csv", "one row per policy: win rates, meta-Nash, exploitability"))
+    if result.samples and result.prompts:
+        result.write_samples(out / "samples.jsonl")
+        files.append(("samples.jsonl", "every prompt with each policy's response"))
+
+    curves_png = None
+    if training_curves:
+        curves = {k: v for k, v in training_curves.items() if _metrics_file(v) is not None}
+        if curves:
+            curves_png = plot_training_curves(curves, out / "training_curves.png")
+            if curves_png is not None:
+                files.append((curves_png.name, "training curves"))
+
+    figure_links: list[tuple[str, str]] = []
+    for caption, fig_path in (figures or {}).items():
+        src = Path(fig_path)
+        if not src.is_file():
+            raise FileNotFoundError(f"figure {caption!r}: {src} does not exist")
+        dst = out / src.name
+        if src.resolve() != dst.resolve():
+            shutil.copyfile(src, dst)
+        figure_links.append((caption, dst.name))
+        files.append((dst.name, caption))
+
+    s = result.settings
+    judge = s.get("judge_spec", s.get("judge", "?"))
+    label_text = (
+        "one sampled 0/1 judgement per prompt"
+        if result.labels == "sampled"
+        else "the judge's probability P(a > b) per prompt"
+    )
+    parts = [
+        f"# {title}",
+        "",
+        f"{len(result.names)} policies, every pair compared on the same {result.n_prompts} "
+        f"prompts with one response per prompt from each policy (a policy's responses are "
+        f"reused in all its pairs). Judge: `{_md(judge)}`, {label_text}; "
+        f"{result.confidence:.0%} {result.interval_name()} intervals. Sampling: temperature "
+        f"{s.get('temperature', '?')}, at most {s.get('max_new_tokens', '?')} new tokens, seed "
+        f"{s.get('seed', '?')}.",
+        "",
+        "## Preference matrix",
+        "",
+        "Each cell is **P(column beats row)**: the probability that the judge prefers the column "
+        "policy's response to the row policy's on the same prompt. Rows are opponents; read a "
+        "column to see how one policy fares against everyone. The matrix satisfies "
+        "M + Mᵀ = 1 and the diagonal is 1/2 by definition. **Bold**: the whole interval is above "
+        "1/2.",
+        "",
+        matrix_table(result),
+        "",
+        f"![preference matrix]({heatmap.name})",
+        "",
+        "## The pool as a game",
+        "",
+        "*Worst-case win rate*: the policy's lowest win rate against another policy of the pool "
+        "(the paper's max-min criterion: a Nash policy has worst case at least 1/2 against "
+        "everyone). *Meta-Nash weight*: the Nash mixture of the symmetric game whose payoff is "
+        "this matrix. *Exploitability in pool*: max over the pool of P(other beats policy) − 1/2 "
+        f"(0 for a policy no member beats). The meta-Nash mixture's own exploitability is "
+        f"{result.meta_nash_exploitability:.1e}.",
+        "",
+        pool_table(result),
+        "",
+        _reading(result),
+        "",
+    ]
+    for heading, body in sections:
+        parts += [f"## {heading}", "", body.strip(), ""]
+    for caption, name in figure_links:
+        parts += [f"### {caption}", "", f"![{_md(caption)}]({name})", ""]
+    if curves_png is not None:
+        parts += [
+            "## Training curves",
+            "",
+            "One panel per logged metric, one line per policy (faint: raw; solid: moving average).",
+            "",
+            f"![training curves]({curves_png.name})",
+            "",
+        ]
+    examples = _samples_section(result, n_examples)
+    if examples:
+        parts += ["## Sample responses", "", examples]
+    timing = result.timings
+    parts += [
+        "## Files",
+        "",
+        *[f"- `{name}`: {what}" for name, what in files],
+        "",
+        f"Sampling took {timing.get('sampling_s', float('nan')):.1f} s and judging "
+        f"{timing.get('judging_s', float('nan')):.1f} s on {s.get('device', '?')}.",
+        "",
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(parts))
+    return report
+
+
+def _metrics_file(path: str | Path) -> Path | None:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.jsonl"
+    return p if p.is_file() else None
+
+
+def task_sections(
+    result: TournamentResult, task, out_dir: str | Path
+) -> tuple[list[tuple[str, str]], dict[str, Path]]:
+    """Extra report material for the built-in task (``nlhf.tasks.summaries.SummaryTask``): each
+    policy's style distribution next to the exact Nash mixture of the style game (a figure), and
+    a table of style shares, style exploitability in the style game, mean quality and length.
+
+    Returns ``(sections, figures)`` ready for ``write_report``."""
+    from nlhf.eval.plots import plot_style_distribution
+    from nlhf.games import exploitability
+
+    if not result.samples:
+        return [], {}
+    names = result.names
+    styles = list(task.styles)
+    cols = styles + ["none"]
+    K, S = len(names), len(styles)
+    counts = np.zeros((K, S + 1))
+    quality_mean, quality_half, length = np.zeros(K), np.zeros(K), np.zeros(K)
+    for k, name in enumerate(names):
+        responses = result.samples[name]
+        for r in responses:
+            style = task.style_of(r)
+            counts[k, cols.index(style) if style in styles else S] += 1
+        q = np.array([task.quality(p, r) for p, r in zip(result.prompts, responses)])
+        quality_mean[k] = q.mean()
+        quality_half[k] = 1.96 * q.std(ddof=1) / np.sqrt(q.size) if q.size > 1 else 0.0
+        length[k] = np.mean([len(r.split()) for r in responses])
+    dist = counts / counts.sum(axis=1, keepdims=True)  # (K, S+1)
+    nash = np.asarray(task.nash_style_mixture(), dtype=np.float64)  # (S,)
+    game = np.asarray(task.style_game(), dtype=np.float64)  # (S, S)
+    has_none = bool(dist[:, S].sum() > 0)
+    shown = cols if has_none else styles
+    figure = plot_style_distribution(
+        names,
+        dist if has_none else dist[:, :S],
+        shown,
+        np.append(nash, 0.0) if has_none else nash,
+        Path(out_dir) / "styles.png",
+    )
+    style_expl = []
+    for k in range(K):
+        styled = dist[k, :S]
+        style_expl.append(
+            exploitability(game, styled / styled.sum()) if styled.sum() > 0 else float("nan")
+        )
+    head = (
+        "| policy | "
+        + " | ".join(shown)
+        + " | TV to Nash | style exploitability | mean quality [95% CI] | mean length |"
+    )
+    lines = [head, "|---|" + "---:|" * (len(shown) + 4)]
+    lines.append(
+        "| *Nash mixture of the style game* | "
+        + " | ".join(f"{x:.2f}" for x in (list(nash) + [0.0] * has_none))
+        + " | 0 | 0 | | |"
+    )
+    for k, name in enumerate(names):
+        tv = 0.5 * (np.abs(dist[k, :S] - nash).sum() + dist[k, S])
+        lines.append(
+            f"| {_md(name)} | "
+            + " | ".join(f"{x:.2f}" for x in dist[k, : len(shown)])
+            + f" | {tv:.2f} | {style_expl[k]:.3f} "
+            f"| {quality_mean[k]:.2f} [{quality_mean[k] - quality_half[k]:.2f}, "
+            f"{quality_mean[k] + quality_half[k]:.2f}] | {length[k]:.1f} |"
+        )
+    body = (
+        "The built-in task's raters agree on quality but their style tastes form a Condorcet "
+        "cycle, so the style game (two summaries of equal quality) has a mixed Nash equilibrium "
+        f"({', '.join(f'{s} {w:.2f}' for s, w in zip(styles, nash))}). A reward-model optimum "
+        "picks one style; a Nash policy mixes them. *Style exploitability*: how much a best "
+        "responding style beats the policy's style mix in the style game (0 at the Nash "
+        "mixture). *Quality* is the task's shared quality score of each response (higher is "
+        "better); length counts words including the style word.\n\n" + "\n".join(lines)
+    )
+    sections = [("Built-in task: response styles and quality", body)]
+    return sections, {"Style distribution of each policy vs the Nash mixture": figure}

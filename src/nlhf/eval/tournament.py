@@ -1,0 +1,729 @@
+"""Tournament: compare every pair of policies under a judge (Munos et al. 2024, §7).
+
+The paper's evaluation has a stronger judge compare the responses of every pair of trained
+policies on 2,000 prompts and reports the matrix of ``P(column > row)`` with 95% Clopper-Pearson
+intervals. This module does the same for any pool of Hugging Face causal-LM checkpoints and any
+``Judge`` (a learned preference model, a reward model through Bradley-Terry, the built-in task's
+simulated raters, or a Python callable).
+
+One tournament:
+  1. check every checkpoint (config, tokenizer, weight files, model class) before any long work,
+     so that a missing or corrupted one fails at once with its name;
+  2. sample ONE response per prompt from each policy (seeded per policy name, batched). A
+     policy's samples are reused in all of its pairs: the pairs in one row are therefore
+     correlated, but each cell is an unbiased estimate of ``P(column > row)``;
+  3. judge each unordered pair once on all prompts (position-balanced: the column policy's
+     response is shown first on even prompts, second on odd ones), either with the judge's
+     probabilities (``labels="prob"``) or with sampled 0/1 labels (``labels="sampled"``, the
+     paper's setting);
+  4. fill ``M[row, col]`` and its transpose ``M[col, row] = 1 - M[row, col]`` (so ``M + M^T = 1``
+     exactly, diagonal 1/2) with intervals (Clopper-Pearson for 0/1 labels, Student-t or
+     bootstrap for probabilities);
+  5. summarise the pool: each policy's mean and worst-case win rate against the others, the Nash
+     mixture of the meta-game whose payoff is the matrix (``nlhf.games.solve_nash_lp``) and each
+     policy's exploitability within the pool, ``max_{q in pool} P(q > policy) - 1/2``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from nlhf.eval.intervals import bootstrap_interval, clopper_pearson, t_interval
+from nlhf.models.judge import Judge, sample_labels
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+@dataclass
+class TournamentConfig:
+    """Settings of ``nlhf tournament`` (and of ``run_tournament``'s keyword arguments)."""
+
+    policies: list[str] = field(default_factory=list)
+    """policy checkpoints to compare, each NAME=PATH or a PATH (named after its directory); a
+    checkpoint is a Hugging Face causal-LM directory with its tokenizer"""
+    prompts: Path | None = None
+    """evaluation prompts: a text file (one prompt per line) or a JSONL file (one object with a
+    "prompt" key, or one JSON string, per line); required unless --judge builtin, which then
+    draws fresh prompts from the built-in task"""
+    judge: str = "builtin"
+    """who compares two responses: 'builtin' (the built-in task's exact simulated raters), a
+    PATH to a trained preference- or reward-model directory, or python:MODULE:FUNCTION (a
+    callable fn(prompts, a, b) -> P(a > b) per item, or a Judge object; MODULE may be a .py
+    file)"""
+    output_dir: Path = Path("runs/tournament")
+    """where the report (report.md, heatmap.png, tournament.json, matrix.csv, samples.jsonl) goes"""
+    n_prompts: int = 500
+    """number of prompts each pair is compared on (the first N of the prompt file); 0 = all"""
+    max_new_tokens: int = 32
+    """maximum response length in tokens"""
+    temperature: float = 1.0
+    """sampling temperature of the policies (0 = greedy)"""
+    labels: Literal["sampled", "prob"] = "sampled"
+    """'sampled': one sampled 0/1 judgement per prompt and Clopper-Pearson intervals (the
+    paper's protocol); 'prob': the judge's probability P(a > b) per prompt and a t or bootstrap
+    interval"""
+    interval: Literal["t", "bootstrap"] = "t"
+    """interval for labels=prob: Student-t of the mean or percentile bootstrap"""
+    confidence: float = 0.95
+    """confidence level of the intervals"""
+    seed: int = 0
+    """seed of sampling and judging (each policy's stream is derived from this and its name)"""
+    batch_size: int = 64
+    """prompts per sampling batch"""
+    judge_batch_size: int = 256
+    """response pairs per judge call"""
+    balance_positions: bool = True
+    """show the column policy's response first on even prompts and second on odd ones, so a
+    judge with a position bias does not favour either side"""
+    device: str = "auto"
+    """device for the policies: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
+    task_seed: int = 0
+    """seed of the built-in task (only for --judge builtin: its raters and prompts)"""
+
+    def __post_init__(self) -> None:
+        if self.n_prompts < 0:
+            raise ValueError(f"n_prompts must be >= 0 (0 = all prompts), got {self.n_prompts}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if self.labels not in ("sampled", "prob"):
+            raise ValueError(f"labels must be 'sampled' or 'prob', got {self.labels!r}")
+        if self.interval not in ("t", "bootstrap"):
+            raise ValueError(f"interval must be 't' or 'bootstrap', got {self.interval!r}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.judge_batch_size < 1:
+            raise ValueError(f"judge_batch_size must be >= 1, got {self.judge_batch_size}")
+
+
+@dataclass
+class TournamentResult:
+    """Everything a tournament measured. ``matrix[r, c] = P(policy c's response > policy r's)``."""
+
+    names: list[str]
+    paths: list[str]
+    prompts: list[str]
+    samples: dict[str, list[str]]  # name -> one response per prompt
+    matrix: np.ndarray  # (K, K) P(column > row); diagonal 1/2; M + M^T = 1
+    lower: np.ndarray  # (K, K) lower end of the interval
+    upper: np.ndarray  # (K, K) upper end of the interval
+    mean_win_rate: np.ndarray  # (K,) mean over the other policies of P(policy > other)
+    worst_case: np.ndarray  # (K,) min over the other policies of P(policy > other)
+    worst_opponent: list[str]  # (K,) the other policy attaining the worst case
+    meta_nash: np.ndarray  # (K,) Nash mixture of the pool's meta-game
+    meta_value: float  # value of the meta-game (1/2 for a symmetric game)
+    exploitability: np.ndarray  # (K,) max_{q in pool} P(q > policy) - 1/2
+    meta_nash_exploitability: float  # the same for the meta-Nash mixture (0 up to LP precision)
+    labels: str
+    interval: str
+    confidence: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+    def interval_name(self) -> str:
+        """Human-readable name of the interval method."""
+        if self.labels == "sampled":
+            return "Clopper-Pearson"
+        return "Student-t" if self.interval == "t" else "percentile bootstrap"
+
+    def to_dict(self, include_samples: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict of every number (samples optional; they can be large)."""
+        out: dict[str, Any] = {
+            "names": list(self.names),
+            "paths": list(self.paths),
+            "n_prompts": self.n_prompts,
+            "labels": self.labels,
+            "interval": self.interval,
+            "interval_name": self.interval_name(),
+            "confidence": self.confidence,
+            "matrix_meaning": "matrix[row][col] = P(response of col > response of row)",
+            "matrix": self.matrix.tolist(),
+            "lower": self.lower.tolist(),
+            "upper": self.upper.tolist(),
+            "mean_win_rate": self.mean_win_rate.tolist(),
+            "worst_case": self.worst_case.tolist(),
+            "worst_opponent": list(self.worst_opponent),
+            "meta_nash": self.meta_nash.tolist(),
+            "meta_value": self.meta_value,
+            "exploitability": self.exploitability.tolist(),
+            "meta_nash_exploitability": self.meta_nash_exploitability,
+            "settings": self.settings,
+            "timings": self.timings,
+        }
+        if include_samples:
+            out["prompts"] = list(self.prompts)
+            out["samples"] = {k: list(v) for k, v in self.samples.items()}
+        return out
+
+    def to_json(self, path: str | Path, include_samples: bool = False) -> Path:
+        """Write ``to_dict`` as JSON; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(include_samples), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TournamentResult:
+        """Read a result written by ``to_json`` (samples and prompts if they were included)."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+            arr = {k: np.asarray(d[k], dtype=np.float64) for k in ("matrix", "lower", "upper")}
+            return cls(
+                names=list(d["names"]),
+                paths=list(d["paths"]),
+                prompts=list(d.get("prompts", [])),
+                samples={k: list(v) for k, v in d.get("samples", {}).items()},
+                mean_win_rate=np.asarray(d["mean_win_rate"], dtype=np.float64),
+                worst_case=np.asarray(d["worst_case"], dtype=np.float64),
+                worst_opponent=list(d["worst_opponent"]),
+                meta_nash=np.asarray(d["meta_nash"], dtype=np.float64),
+                meta_value=float(d["meta_value"]),
+                exploitability=np.asarray(d["exploitability"], dtype=np.float64),
+                meta_nash_exploitability=float(d["meta_nash_exploitability"]),
+                labels=d["labels"],
+                interval=d["interval"],
+                confidence=float(d["confidence"]),
+                settings=dict(d.get("settings", {})),
+                timings=dict(d.get("timings", {})),
+                **arr,
+            )
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a tournament result ({err})") from None
+
+    def to_csv(self, path: str | Path) -> Path:
+        """One row per ordered pair: row, column, P(column > row), interval, number of prompts."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["row", "column", "p_column_beats_row", "lower", "upper", "n_prompts"])
+            for r, rn in enumerate(self.names):
+                for c, cn in enumerate(self.names):
+                    w.writerow(
+                        [
+                            rn,
+                            cn,
+                            _num(self.matrix[r, c]),
+                            _num(self.lower[r, c]),
+                            _num(self.upper[r, c]),
+                            self.n_prompts,
+                        ]
+                    )
+        return path
+
+    def policies_to_csv(self, path: str | Path) -> Path:
+        """One row per policy: mean and worst-case win rate, meta-Nash weight, exploitability."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(
+                [
+                    "policy",
+                    "path",
+                    "mean_win_rate",
+                    "worst_case_win_rate",
+                    "worst_opponent",
+                    "meta_nash_weight",
+                    "exploitability",
+                ]
+            )
+            for k, name in enumerate(self.names):
+                w.writerow(
+                    [
+                        name,
+                        self.paths[k],
+                        _num(self.mean_win_rate[k]),
+                        _num(self.worst_case[k]),
+                        self.worst_opponent[k],
+                        _num(self.meta_nash[k]),
+                        _num(self.exploitability[k]),
+                    ]
+                )
+        return path
+
+    def write_samples(self, path: str | Path) -> Path:
+        """JSONL, one line per prompt: {"prompt": ..., "responses": {policy: response}}."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for i, prompt in enumerate(self.prompts):
+                responses = {n: self.samples[n][i] for n in self.names if n in self.samples}
+                f.write(json.dumps({"prompt": prompt, "responses": responses}) + "\n")
+        return path
+
+    def summary_table(self) -> str:
+        """A plain-text table for the console: the matrix, then one line per policy."""
+        names = list(self.names)
+        width = max(8, *(len(n) for n in names)) + 2
+        cell = max(7, min(width, 12))
+        lines = [
+            f"P(column > row), {self.n_prompts} prompts per pair, "
+            f"{self.interval_name()} {self.confidence:.0%} intervals in report",
+            " " * width + "".join(f"{_short(n, cell - 1):>{cell}}" for n in names),
+        ]
+        for r, rn in enumerate(names):
+            row = "".join(f"{self.matrix[r, c]:>{cell}.3f}" for c in range(len(names)))
+            lines.append(f"{rn:<{width}}{row}")
+        lines.append("")
+        lines.append(
+            f"{'policy':<{width}}{'mean win':>10}{'worst-case':>12}  {'(vs)':<{width}}"
+            f"{'meta-Nash':>10}{'exploit.':>10}"
+        )
+        for k, n in enumerate(names):
+            lines.append(
+                f"{n:<{width}}{self.mean_win_rate[k]:>10.3f}{self.worst_case[k]:>12.3f}  "
+                f"{self.worst_opponent[k]:<{width}}{self.meta_nash[k]:>10.3f}"
+                f"{self.exploitability[k]:>10.3f}"
+            )
+        return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+    return f"{float(x):.6g}"
+
+
+def _short(name: str, n: int) -> str:
+    return name if len(name) <= n else name[: n - 1] + "…"
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def parse_policy_specs(specs: Sequence[str]) -> dict[str, Path]:
+    """``["name=path", "path", ...]`` -> ordered ``{name: path}``; a bare path is named after its
+    directory. Duplicate names are an error."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        spec = str(spec).strip()
+        if not spec:
+            raise ValueError("empty policy specification in --policies")
+        name, sep, path = spec.partition("=")
+        if sep and name and not Path(spec).exists():
+            name, p = name.strip(), Path(path.strip())
+        else:
+            p = Path(spec)
+            name = p.resolve().name if p.name in ("", ".", "..") else p.name
+        if not name:
+            raise ValueError(f"policy {spec!r}: empty name")
+        if name in out:
+            raise ValueError(
+                f"policy name {name!r} appears twice (from {out[name]} and {p}); "
+                "name them explicitly as NAME=PATH"
+            )
+        out[name] = p
+    return out
+
+
+def check_checkpoint(name: str, path: str | Path) -> None:
+    """Fail fast with a ``ValueError`` naming ``name`` and ``path`` unless ``path`` looks like a
+    loadable causal-LM checkpoint with a tokenizer: the directory exists, its config parses and
+    names a causal-LM architecture, a weight file is present and its header is intact
+    (safetensors) or it unpickles (``.bin``), and the tokenizer loads."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    what = f"policy {name!r} ({path})"
+    if not path.exists():
+        raise ValueError(f"{what}: checkpoint does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{what}: checkpoint must be a directory (save_pretrained output)")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{what}: no config.json, not a Hugging Face checkpoint")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001 - any failure means a bad checkpoint
+        raise ValueError(f"{what}: corrupted config.json ({_first_line(err)})") from None
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{what}: not a causal language model ({_first_line(err)})") from None
+    weights = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
+    weights += sorted(path.glob("model-*.safetensors"))
+    if not weights:
+        raise ValueError(f"{what}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    for file in weights:
+        try:
+            _check_weight_file(file)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(
+                f"{what}: corrupted weight file {file.name} ({_first_line(err)})"
+            ) from None
+    try:
+        AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{what}: tokenizer does not load ({_first_line(err)})") from None
+
+
+def _check_weight_file(file: Path) -> None:
+    if file.name.endswith(".index.json"):
+        index = json.loads(file.read_text())
+        for shard in sorted(set(index["weight_map"].values())):
+            if not (file.parent / shard).is_file():
+                raise FileNotFoundError(f"missing shard {shard}")
+            _check_weight_file(file.parent / shard)
+    elif file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:  # validates header and file size
+            if not list(f.keys()):
+                raise ValueError("no tensors")
+    else:
+        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+def load_policy(name: str, path: str | Path, device: str | torch.device = "cpu"):
+    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from ``path``, in eval mode on ``device``;
+    any failure becomes a ``ValueError`` naming the policy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"policy {name!r} ({path}): cannot load ({_first_line(err)})") from None
+    return model.to(device).eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _stable_seed(seed: int, *parts: str) -> int:
+    """A seed that depends only on ``seed`` and the given names (not on Python's hash salt)."""
+    h = zlib.crc32("\x00".join(parts).encode())
+    return (int(seed) * 1_000_003 + h) % (2**63 - 1)
+
+
+def _generate_texts(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator,
+    batch_size: int,
+) -> list[str]:
+    """One sampled response per prompt (decoded, special tokens removed). The one place that
+    calls the sampler, so that swapping it is one line."""
+    return _fallback_generate(
+        model, tokenizer, prompts, max_new_tokens, temperature, generator, batch_size
+    )
+
+
+@torch.no_grad()
+def _fallback_generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator,
+    batch_size: int,
+) -> list[str]:
+    """KV-cached batched ancestral sampling with left padding; stops at EOS."""
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if pad is None:
+        pad = 0
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in batch]
+        if any(len(ids) == 0 for ids in enc):
+            raise ValueError(f"an empty prompt in batch starting at prompt {start}")
+        T = max(len(ids) for ids in enc)
+        input_ids = torch.full((len(batch), T), pad, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((len(batch), T), dtype=torch.long)  # (B, T)
+        for i, ids in enumerate(enc):
+            input_ids[i, T - len(ids) :] = torch.tensor(ids)
+            mask[i, T - len(ids) :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        past = None
+        step_ids = input_ids
+        out_ids = torch.full((len(batch), max_new_tokens), pad, dtype=torch.long, device=device)
+        done = torch.zeros(len(batch), dtype=torch.bool, device=device)
+        for t in range(max_new_tokens):
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
+            out = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            past = out.cache
+            logits = out.logits[:, -1, :].float()  # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            out_ids[:, t] = nxt
+            if eos is not None:
+                done |= nxt == eos
+            if bool(done.all()):
+                break
+            step_ids = nxt[:, None]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, T+t+1)
+        for row in out_ids.tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return texts
+
+
+# ----------------------------------------------------------------------------------------------
+# Judging
+
+
+def _judge_pair(
+    judge: Judge,
+    prompts: list[str],
+    col: list[str],
+    row: list[str],
+    labels: str,
+    generator: torch.Generator,
+    batch_size: int,
+    balance_positions: bool,
+    where: str,
+) -> np.ndarray:
+    """Per-prompt ``P(col > row)`` (labels="prob") or sampled 0/1 labels (labels="sampled"),
+    shape (N,), float64."""
+    values = []
+    for start in range(0, len(prompts), batch_size):
+        idx = range(start, min(start + batch_size, len(prompts)))
+        swap = torch.tensor([balance_positions and i % 2 == 1 for i in idx])  # (B,)
+        first = [row[i] if s else col[i] for i, s in zip(idx, swap.tolist())]
+        second = [col[i] if s else row[i] for i, s in zip(idx, swap.tolist())]
+        batch_prompts = [prompts[i] for i in idx]
+        if labels == "sampled":
+            out = sample_labels(judge, batch_prompts, first, second, generator=generator)
+        else:
+            out = judge.prob(batch_prompts, first, second)
+        out = torch.as_tensor(out, dtype=torch.float64).reshape(-1).cpu()  # (B,)
+        if out.numel() != len(idx):
+            raise ValueError(f"judge returned {out.numel()} values for {len(idx)} pairs ({where})")
+        if labels == "sampled" and not bool(((out == 0) | (out == 1)).all()):
+            raise ValueError(f"judge's sampled labels are not all 0 or 1 ({where})")
+        if not bool(((out >= 0) & (out <= 1)).all()):
+            raise ValueError(f"judge returned a probability outside [0, 1] ({where})")
+        values.append(torch.where(swap, 1.0 - out, out))
+    return torch.cat(values).numpy()
+
+
+def _interval(
+    values: np.ndarray, labels: str, interval: str, confidence: float, seed: int
+) -> tuple[float, float]:
+    if labels == "sampled":
+        return clopper_pearson(int(round(values.sum())), values.size, confidence)
+    if interval == "t":
+        return t_interval(values, confidence)
+    return bootstrap_interval(values, confidence, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tournament
+
+
+def pool_summary(matrix: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Mean and worst-case win rate, meta-Nash mixture and exploitability from a matrix of
+    ``P(column > row)``.
+
+    The meta-game's payoff ``P[a, b] = P(a > b) = matrix[b, a]``, i.e. ``matrix.T``. A pure
+    policy's exploitability is ``max_q P(q > policy) - 1/2`` over the pool (the policy itself
+    included, so it is >= 0 and equals ``1/2 - worst_case`` when the worst case is below 1/2).
+    """
+    from nlhf.games import exploitability, solve_nash_lp
+
+    M = np.asarray(matrix, dtype=np.float64)
+    K = M.shape[0]
+    off = ~np.eye(K, dtype=bool)
+    wins = np.where(off, M, np.nan)  # (K, K) P(col > row), diagonal masked
+    mean_win = np.nanmean(wins, axis=0) if K > 1 else np.full(K, 0.5)
+    worst = np.nanmin(wins, axis=0) if K > 1 else np.full(K, 0.5)
+    worst_idx = np.nanargmin(np.where(off, M, np.inf), axis=0) if K > 1 else np.zeros(K, int)
+    P = M.T.copy()  # P[a, b] = P(a > b)
+    pi, value = solve_nash_lp(P)
+    pi = np.clip(np.asarray(pi, dtype=np.float64), 0.0, None)
+    pi = pi / pi.sum()
+    expl = np.array([exploitability(P, np.eye(K)[k]) for k in range(K)], dtype=np.float64)
+    return {
+        "mean_win_rate": mean_win,
+        "worst_case": worst,
+        "worst_opponent": [names[int(i)] for i in worst_idx] if K > 1 else ["-"] * K,
+        "meta_nash": pi,
+        "meta_value": float(value),
+        "exploitability": expl,
+        "meta_nash_exploitability": float(exploitability(P, pi)),
+    }
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def run_tournament(
+    policies: Mapping[str, str | Path] | Sequence[str | Path],
+    prompts: Sequence[str],
+    judge: Judge,
+    n_prompts: int | None = None,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    labels: Literal["sampled", "prob"] = "sampled",
+    *,
+    temperature: float = 1.0,
+    interval: Literal["t", "bootstrap"] = "t",
+    confidence: float = 0.95,
+    batch_size: int = 64,
+    judge_batch_size: int = 256,
+    balance_positions: bool = True,
+    device: str | torch.device | None = "auto",
+    progress: bool = True,
+) -> TournamentResult:
+    """Compare every pair of ``policies`` on ``prompts`` under ``judge`` (see the module doc).
+
+    ``policies``: ``{name: checkpoint dir}`` (order kept) or a list of ``NAME=PATH`` / paths.
+    ``n_prompts``: use the first ``n_prompts`` prompts (``None`` or 0: all of them).
+    Each policy samples one response per prompt once; the samples are reused in all its pairs.
+    """
+    cfg = TournamentConfig(
+        n_prompts=n_prompts or 0,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        labels=labels,
+        interval=interval,
+        confidence=confidence,
+        seed=seed,
+        batch_size=batch_size,
+        judge_batch_size=judge_batch_size,
+        balance_positions=balance_positions,
+    )
+    if isinstance(policies, Mapping):
+        pool = {str(k): Path(v) for k, v in policies.items()}
+    else:
+        pool = parse_policy_specs([str(p) for p in policies])
+    if len(pool) < 2:
+        raise ValueError(f"a tournament needs at least 2 policies, got {len(pool)}")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts given")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompt {i} is empty or not a string: {p!r}")
+    if cfg.n_prompts:
+        if cfg.n_prompts > len(prompts):
+            raise ValueError(f"n_prompts={cfg.n_prompts} but only {len(prompts)} prompts given")
+        prompts = prompts[: cfg.n_prompts]
+    if not callable(getattr(judge, "prob", None)):
+        raise ValueError(f"judge {judge!r} has no prob(prompts, a, b) method")
+
+    # 1. Every checkpoint is checked before any long work.
+    for name, path in pool.items():
+        check_checkpoint(name, path)
+
+    # 2. One response per prompt per policy.
+    dev = _resolve_device(device)
+    names = list(pool)
+    t0 = time.perf_counter()
+    samples: dict[str, list[str]] = {}
+    bar = tqdm(names, desc="sampling", unit="policy", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        model, tokenizer = load_policy(name, pool[name], dev)
+        gen = torch.Generator(device=dev).manual_seed(_stable_seed(seed, "sample", name))
+        samples[name] = _generate_texts(
+            model, tokenizer, prompts, max_new_tokens, temperature, gen, batch_size
+        )
+        del model
+    t_sample = time.perf_counter() - t0
+
+    # 3-4. Each unordered pair once; the transpose is filled by M[c, r] = 1 - M[r, c].
+    K = len(names)
+    M = np.full((K, K), 0.5)
+    lo = np.full((K, K), 0.5)
+    hi = np.full((K, K), 0.5)
+    pairs = [(r, c) for r in range(K) for c in range(r + 1, K)]
+    t0 = time.perf_counter()
+    for r, c in tqdm(pairs, desc="judging", unit="pair", disable=not progress):
+        pair_seed = _stable_seed(seed, "judge", names[r], names[c])
+        gen = torch.Generator().manual_seed(pair_seed)
+        values = _judge_pair(
+            judge,
+            prompts,
+            samples[names[c]],
+            samples[names[r]],
+            labels,
+            gen,
+            judge_batch_size,
+            balance_positions,
+            where=f"{names[c]} vs {names[r]}",
+        )  # (N,) P(col > row) per prompt or 0/1
+        p = float(values.mean())
+        lower, upper = _interval(values, labels, interval, confidence, pair_seed)
+        M[r, c], M[c, r] = p, 1.0 - p
+        lo[r, c], hi[r, c] = lower, upper
+        lo[c, r], hi[c, r] = 1.0 - upper, 1.0 - lower
+    t_judge = time.perf_counter() - t0
+
+    # 5. The pool's meta-game.
+    summary = pool_summary(M, names)
+    settings = dataclasses.asdict(cfg)
+    settings.pop("policies"), settings.pop("prompts"), settings.pop("output_dir")
+    settings.pop("task_seed"), settings.pop("judge")
+    settings["n_prompts"] = len(prompts)
+    settings["device"] = str(dev)
+    settings["judge"] = type(judge).__name__
+    return TournamentResult(
+        names=names,
+        paths=[str(pool[n]) for n in names],
+        prompts=prompts,
+        samples=samples,
+        matrix=M,
+        lower=lo,
+        upper=hi,
+        labels=labels,
+        interval=interval,
+        confidence=confidence,
+        settings=settings,
+        timings={"sampling_s": round(t_sample, 3), "judging_s": round(t_judge, 3)},
+        **summary,
+    )
