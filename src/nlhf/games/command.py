@@ -223,7 +223,8 @@ def run_algorithm(name: str, game: PreferenceGame, cfg: TabularConfig, record) -
     if name == "nash-md":
         return nash_md(game, T, record=record)
     if name == "nash-md-constant":
-        traj = nash_md(game, T, eta=min(cfg.eta, 1.0 / game.tau), record=record)
+        eta = cfg.eta if game.tau == 0 else min(cfg.eta, 1.0 / game.tau)
+        traj = nash_md(game, T, eta=eta, record=record)
         traj.name = "nash-md-constant"
         return traj
     if name == "self-play":
