@@ -24,7 +24,12 @@ import json
 from pathlib import Path
 
 from nlhf.config import add_config_arguments, config_from_args
-from nlhf.eval.tournament import TournamentConfig, parse_policy_specs, run_tournament
+from nlhf.eval.tournament import (
+    TournamentConfig,
+    check_checkpoint,
+    parse_policy_specs,
+    run_tournament,
+)
 from nlhf.models.judge import CallableJudge, Judge
 
 # Prompts drawn for --judge builtin without --prompts use their own stream of the task, so they
@@ -152,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.policies:
         raise ValueError("--policies: give at least two checkpoints (NAME=PATH or PATH)")
     policies = parse_policy_specs(cfg.policies)
+    for name, path in policies.items():  # fail fast, before the judge loads
+        check_checkpoint(name, path)
     curves = {}
     for spec in args.training_curves:
         name, sep, p = spec.partition("=")

@@ -53,15 +53,24 @@ def plot_preference_matrix(
     size = max(4.5, 0.95 * K + 2.5)
     fig, ax = plt.subplots(figsize=(size + 1.2, size))
     im = ax.imshow(M, cmap="RdBu", vmin=0.0, vmax=1.0)
-    font = max(5.5, min(10.0, 52.0 / K))
+    font = max(7.0, min(12.0, 80.0 / K))
     for r in range(K):
         for c in range(K):
             p = M[r, c]
-            text = f"{p:.2f}"
-            if r != c and lower is not None and upper is not None:
-                text += f"\n[{lower[r, c]:.2f}, {upper[r, c]:.2f}]"
             color = "white" if abs(p - 0.5) > 0.3 else "black"
-            ax.text(c, r, text, ha="center", va="center", fontsize=font, color=color)
+            if r == c:
+                ax.text(c, r, "—", ha="center", va="center", fontsize=font, color="0.5")
+                continue
+            has_interval = lower is not None and upper is not None
+            ax.text(
+                c, r - 0.13 * has_interval, f"{p:.2f}", ha="center", va="center",
+                fontsize=font * 1.15, fontweight="bold", color=color,
+            )  # fmt: skip
+            if has_interval:
+                ax.text(
+                    c, r + 0.22, f"[{lower[r, c]:.2f}, {upper[r, c]:.2f}]", ha="center",
+                    va="center", fontsize=font * 0.8, color=color,
+                )  # fmt: skip
     ax.set_xticks(range(K), labels=list(names), rotation=40, ha="right")
     ax.set_yticks(range(K), labels=list(names))
     ax.set_xlabel("column policy (the one whose win rate is shown)")
@@ -189,7 +198,8 @@ def plot_style_distribution(
     left = np.zeros(K + 1)
     for s, style in enumerate(styles):
         width = rows[:, s]
-        bars = ax.barh(y, width, left=left, color=colors(s % 8), edgecolor="white", label=style)
+        color = "0.75" if style == "none" else colors(s % 8)
+        bars = ax.barh(y, width, left=left, color=color, edgecolor="white", label=style)
         bars[0].set_edgecolor("black")
         bars[0].set_linewidth(1.2)
         for k in range(K + 1):
@@ -205,10 +215,8 @@ def plot_style_distribution(
     ax.get_yticklabels()[0].set_fontweight("bold")
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of responses")
-    ax.set_title(title, fontsize=10)
-    ax.legend(
-        loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.5 / (K + 2)), ncol=S, frameon=False
-    )
+    ax.set_title(title, fontsize=10, pad=24)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=S, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 

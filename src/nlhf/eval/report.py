@@ -175,6 +175,7 @@ def write_report(
         files.append(("samples.jsonl", "every prompt with each policy's response"))
 
     curves_png = None
+    missing_curves = [k for k, v in (training_curves or {}).items() if _metrics_file(v) is None]
     if training_curves:
         curves = {k: v for k, v in training_curves.items() if _metrics_file(v) is not None}
         if curves:
@@ -249,6 +250,8 @@ def write_report(
             f"![training curves]({curves_png.name})",
             "",
         ]
+    if missing_curves:
+        parts += [f"No metrics.jsonl found for: {', '.join(missing_curves)}.", ""]
     examples = _samples_section(result, n_examples)
     if examples:
         parts += ["## Sample responses", "", examples]
@@ -259,7 +262,8 @@ def write_report(
         *[f"- `{name}`: {what}" for name, what in files],
         "",
         f"Sampling took {timing.get('sampling_s', float('nan')):.1f} s and judging "
-        f"{timing.get('judging_s', float('nan')):.1f} s on {s.get('device', '?')}.",
+        f"{timing.get('judging_s', float('nan')):.1f} s"
+        + (f" on {s['device']}." if "device" in s else "."),
         "",
     ]
     report = out / "report.md"

@@ -70,12 +70,14 @@ class TournamentConfig:
     file)"""
     output_dir: Path = Path("runs/tournament")
     """where the report (report.md, heatmap.png, tournament.json, matrix.csv, samples.jsonl) goes"""
-    n_prompts: int = 500
-    """number of prompts each pair is compared on (the first N of the prompt file); 0 = all"""
+    n_prompts: int = 0
+    """number of prompts each pair is compared on: the first N of the prompt file (0 = all of
+    them), or N fresh prompts of the built-in task with --judge builtin and no --prompts (0 =
+    500)"""
     max_new_tokens: int = 32
     """maximum response length in tokens"""
     temperature: float = 1.0
-    """sampling temperature of the policies (0 = greedy)"""
+    """sampling temperature of the policies (> 0)"""
     labels: Literal["sampled", "prob"] = "sampled"
     """'sampled': one sampled 0/1 judgement per prompt and Clopper-Pearson intervals (the
     paper's protocol); 'prob': the judge's probability P(a > b) per prompt and a t or bootstrap
@@ -103,8 +105,8 @@ class TournamentConfig:
             raise ValueError(f"n_prompts must be >= 0 (0 = all prompts), got {self.n_prompts}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
         if self.labels not in ("sampled", "prob"):
             raise ValueError(f"labels must be 'sampled' or 'prob', got {self.labels!r}")
         if self.interval not in ("t", "bootstrap"):
@@ -279,38 +281,39 @@ class TournamentResult:
         return path
 
     def summary_table(self) -> str:
-        """A plain-text table for the console: the matrix, then one line per policy."""
+        """A plain-text table for the console: the matrix (columns numbered like the rows), then
+        one line per policy."""
         names = list(self.names)
-        width = max(8, *(len(n) for n in names)) + 2
-        cell = max(7, min(width, 12))
+        K = len(names)
+        tags = [f"[{k + 1}] {n}" for k, n in enumerate(names)]
+        width = max(len(t) for t in tags) + 2
         lines = [
-            f"P(column > row), {self.n_prompts} prompts per pair, "
-            f"{self.interval_name()} {self.confidence:.0%} intervals in report",
-            " " * width + "".join(f"{_short(n, cell - 1):>{cell}}" for n in names),
+            f"P(column beats row) on {self.n_prompts} prompts per pair "
+            f"({self.confidence:.0%} {self.interval_name()} intervals in the report)",
+            " " * width + "".join(f"{f'[{k + 1}]':>7}" for k in range(K)),
         ]
-        for r, rn in enumerate(names):
-            row = "".join(f"{self.matrix[r, c]:>{cell}.3f}" for c in range(len(names)))
-            lines.append(f"{rn:<{width}}{row}")
-        lines.append("")
-        lines.append(
-            f"{'policy':<{width}}{'mean win':>10}{'worst-case':>12}  {'(vs)':<{width}}"
-            f"{'meta-Nash':>10}{'exploit.':>10}"
-        )
-        for k, n in enumerate(names):
+        for r in range(K):
+            cells = "".join(
+                f"{'—':>7}" if r == c else f"{self.matrix[r, c]:>7.3f}" for c in range(K)
+            )
+            lines.append(f"{tags[r]:<{width}}{cells}")
+        opp_width = max(len(o) for o in self.worst_opponent) + 2
+        lines += [
+            "",
+            f"{'policy':<{width}}{'mean win':>9}{'worst case':>12}  {'(vs)':<{opp_width}}"
+            f"{'meta-Nash':>10}{'exploitability':>16}",
+        ]
+        for k in range(K):
             lines.append(
-                f"{n:<{width}}{self.mean_win_rate[k]:>10.3f}{self.worst_case[k]:>12.3f}  "
-                f"{self.worst_opponent[k]:<{width}}{self.meta_nash[k]:>10.3f}"
-                f"{self.exploitability[k]:>10.3f}"
+                f"{tags[k]:<{width}}{self.mean_win_rate[k]:>9.3f}{self.worst_case[k]:>12.3f}  "
+                f"{self.worst_opponent[k]:<{opp_width}}{self.meta_nash[k]:>10.3f}"
+                f"{self.exploitability[k]:>16.3f}"
             )
         return "\n".join(lines)
 
 
 def _num(x: float) -> str:
     return f"{float(x):.6g}"
-
-
-def _short(name: str, n: int) -> str:
-    return name if len(name) <= n else name[: n - 1] + "…"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,76 +440,20 @@ def _generate_texts(
     generator: torch.Generator,
     batch_size: int,
 ) -> list[str]:
-    """One sampled response per prompt (decoded, special tokens removed). The one place that
-    calls the sampler, so that swapping it is one line."""
-    return _fallback_generate(
-        model, tokenizer, prompts, max_new_tokens, temperature, generator, batch_size
+    """One sampled response per prompt (decoded, special tokens removed): ``nlhf.sampling``'s
+    KV-cached batched sampler, stopping at EOS."""
+    from nlhf.sampling import generate
+
+    samples = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        generator=generator,
+        batch_size=batch_size,
     )
-
-
-@torch.no_grad()
-def _fallback_generate(
-    model,
-    tokenizer,
-    prompts: list[str],
-    max_new_tokens: int,
-    temperature: float,
-    generator: torch.Generator,
-    batch_size: int,
-) -> list[str]:
-    """KV-cached batched ancestral sampling with left padding; stops at EOS."""
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    if pad is None:
-        pad = 0
-    texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
-        enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in batch]
-        if any(len(ids) == 0 for ids in enc):
-            raise ValueError(f"an empty prompt in batch starting at prompt {start}")
-        T = max(len(ids) for ids in enc)
-        input_ids = torch.full((len(batch), T), pad, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)  # (B, T)
-        for i, ids in enumerate(enc):
-            input_ids[i, T - len(ids) :] = torch.tensor(ids)
-            mask[i, T - len(ids) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        past = None
-        step_ids = input_ids
-        out_ids = torch.full((len(batch), max_new_tokens), pad, dtype=torch.long, device=device)
-        done = torch.zeros(len(batch), dtype=torch.bool, device=device)
-        for t in range(max_new_tokens):
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
-            out = model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                cache=past,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            past = out.cache
-            logits = out.logits[:, -1, :].float()  # (B, V)
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            out_ids[:, t] = nxt
-            if eos is not None:
-                done |= nxt == eos
-            if bool(done.all()):
-                break
-            step_ids = nxt[:, None]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, T+t+1)
-        for row in out_ids.tolist():
-            if eos is not None and eos in row:
-                row = row[: row.index(eos)]
-            texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return texts
+    return list(samples.texts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -669,7 +616,8 @@ def run_tournament(
     for name in bar:
         bar.set_postfix_str(name)
         model, tokenizer = load_policy(name, pool[name], dev)
-        gen = torch.Generator(device=dev).manual_seed(_stable_seed(seed, "sample", name))
+        # a CPU generator: the same draws whatever the device
+        gen = torch.Generator().manual_seed(_stable_seed(seed, "sample", name))
         samples[name] = _generate_texts(
             model, tokenizer, prompts, max_new_tokens, temperature, gen, batch_size
         )
