@@ -28,7 +28,9 @@ Because ``P = 1/2 11^T + A`` with ``A`` antisymmetric, ``J = I - A (diag(s) - s 
 
 Small ``tau`` is reached by continuation: solve at ``tau_0 = max(tau, tau_start)``, then shrink
 ``tau`` by ``tau_factor`` per stage, warm-starting each stage from the previous policy (``z = log
-mu + P pi / tau``), until the requested ``tau``; only the last stage runs to ``tol``. With a dense
+mu + P pi / tau``), until the requested ``tau``; only the last stage runs to ``tol``. A stage
+that does not converge within ``stage_steps`` Newton steps is retried with half the step in
+``log tau`` (adaptive path following). With a dense
 random ``P``, n = 4096 and tau = 0.001 this takes about a dozen Newton steps, about 100 mat-vecs
 and three LU factorisations of about 2000 x 2000 (see ``benchmarks/bench_tabular.py``).
 """
@@ -291,6 +293,7 @@ def solve_regularized(
     *,
     init: np.ndarray | None = None,
     max_steps: int = 100,
+    stage_steps: int = 15,
     tau_start: float = 0.05,
     tau_factor: float = 0.25,
     polish: bool = True,
@@ -306,7 +309,9 @@ def solve_regularized(
         game: the game; ``game.tau`` must be > 0.
         tol: duality gap ``max_pi' P_tau(pi' > pi) - 1/2`` to reach (per context).
         init: optional starting policy (game's policy shape); skips the continuation in ``tau``.
-        max_steps: Newton steps per stage at most.
+        max_steps: Newton steps of the first (and of an ``init``-started) stage at most.
+        stage_steps: Newton steps per later continuation stage; a stage that needs more is
+            retried from the previous stage's solution with half the step in ``log tau``.
         tau_start: continuation starts at ``max(game.tau, tau_start)``.
         tau_factor: ``tau`` shrinks by this factor per continuation stage.
         polish: once the gap is reached, take one more Newton step (quadratic convergence makes
@@ -329,43 +334,50 @@ def solve_regularized(
     start = time.perf_counter()
     info = SolveInfo()
     tau = game.tau
-    taus = [tau]
-    if init is None:
-        t = max(tau, tau_start)
-        taus = []
-        while t > tau * (1 + 1e-12):
-            taus.append(t)
-            t *= tau_factor
-        taus.append(tau)
-        pi3 = game.mu3.copy()
-    else:
-        pi3 = game.as_batch(init)
+    first_tau = tau if init is not None else max(tau, tau_start)
+    pi3 = game.mu3.copy() if init is None else game.as_batch(init)
     out = np.empty_like(game.mu3)
     gaps = np.empty(game.n_contexts)
+    newton_options = dict(
+        precondition_below=precondition_below,
+        heavy_c=heavy_c,
+        refactor_iterations=refactor_iterations,
+        max_gmres=max_gmres,
+        start=start,
+    )
     for c in range(game.n_contexts):
         P, log_mu = game.P3[c], game.log_mu3[c]
-        pi = pi3[c]
-        for k, t in enumerate(taus):
+        pi, t_done, t, factor = pi3[c], None, first_tau, tau_factor
+        while True:
+            last = t == tau
+            stage_tol = tol if last else max(1e-3 * t, tol)
             z = log_mu + (P @ pi) / t  # one fixed-point step into the stage's logits
             info.matvecs += 1
-            last = k == len(taus) - 1
             z, gap = _newton_krylov(
                 P,
                 log_mu,
                 t,
                 z,
-                tol if last else max(1e-3 * t, tol),
+                stage_tol,
                 info,
-                max_steps=max_steps,
+                max_steps=max_steps if t_done is None else stage_steps,
                 polish=int(last and polish),
-                precondition_below=precondition_below,
-                heavy_c=heavy_c,
-                refactor_iterations=refactor_iterations,
-                max_gmres=max_gmres,
                 trace_tau=tau if c == 0 else None,
-                start=start,
+                **newton_options,
             )
-            pi = _softmax(z)
+            if gap <= stage_tol:  # stage solved: move on (and lengthen the next step again)
+                pi, t_done = _softmax(z), t
+                if last:
+                    break
+                factor = min(tau_factor, factor**0.5) if factor < tau_factor else factor
+                t = max(tau, t * factor)
+            elif t_done is None:
+                break  # the first stage failed: give up (reported below)
+            else:  # too far from the previous stage's solution: halve the step in log tau
+                factor = (t / t_done) ** 0.5
+                if factor > 0.999:
+                    break
+                t = max(tau, t_done * factor)
         out[c], gaps[c] = pi, gap
     info.gap = float(game.rho @ gaps)
     info.converged = bool(np.all(gaps <= tol))

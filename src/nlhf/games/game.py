@@ -358,8 +358,13 @@ def fixed_point_residual(game: PreferenceGame, pi: np.ndarray) -> float:
     """``max |log pi - log mu - P(. > pi)/tau - c|`` (0 at ``pi*_tau``), ``c`` the best constant.
 
     The regularised equilibrium satisfies ``pi*_tau(y) ∝ mu(y) exp(P(y > pi*_tau) / tau)``.
+    Responses whose probability underflowed to 0 are left out.
     """
     pi3 = game.as_batch(pi)
-    r = np.log(pi3) - game.log_mu3 - matvec(game.P3, pi3) / game.tau  # (C, n)
-    r = r - 0.5 * (r.max(axis=-1, keepdims=True) + r.min(axis=-1, keepdims=True))
-    return float(np.abs(r).max())
+    worst = 0.0
+    for c in range(game.n_contexts):
+        keep = pi3[c] > 0
+        r = np.log(pi3[c][keep]) - game.log_mu3[c][keep]
+        r -= (game.P3[c] @ pi3[c])[keep] / game.tau
+        worst = max(worst, float(0.5 * (r.max() - r.min())))
+    return worst
