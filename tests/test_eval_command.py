@@ -48,9 +48,13 @@ def setup(tmp_path_factory):
 
 def test_cli_python_judge_writes_the_report(setup, tmp_path, capsys):
     out = tmp_path / "report"
+    lines = [json.dumps({"step": t, "pref/mean": 0.5 + t / 100}) for t in range(20)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     rc = main(
         [
             "tournament",
+            "--training-curves",
+            f"brief={tmp_path / 'metrics.jsonl'}",
             "--policies", *(f"{s}={setup / s}" for s in STYLES),
             "--prompts", str(setup / "prompts.jsonl"),
             "--judge", f"python:{setup / 'judge.py'}:style_game",
@@ -67,6 +71,7 @@ def test_cli_python_judge_writes_the_report(setup, tmp_path, capsys):
     np.testing.assert_allclose(result.meta_nash, [0.5, 0.2, 0.3], atol=1e-6)
     report = (out / "report.md").read_text()
     assert "python:" in report and "0.650 [0.650, 0.650]" in report
+    assert "![training curves](training_curves.png)" in report
 
 
 def test_cli_builtin_judge_adds_styles_and_quality(setup, tmp_path):

@@ -39,21 +39,6 @@ BUILTIN_EVAL_PROMPT_SEED = 7_919
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TournamentConfig)
-    parser.add_argument(
-        "--training-curves",
-        nargs="*",
-        default=[],
-        metavar="NAME=PATH",
-        help="metrics.jsonl files (or run directories holding one) to plot in the report",
-    )
-    parser.add_argument(
-        "--task-config",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="YAML with the built-in task's settings (SummaryTaskConfig fields, or a file with "
-        "a 'task:' section) for --judge builtin; default: the task's defaults",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -88,12 +73,12 @@ def load_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def load_task(task_config: Path | None, seed: int = 0):
+def load_task(task_config: Path | None):
     """The built-in task (``nlhf.tasks.summaries.SummaryTask``) from a YAML file or defaults."""
     from nlhf.tasks.summaries import SummaryTask, SummaryTaskConfig
 
     if task_config is None:
-        return SummaryTask(seed=seed)
+        return SummaryTask()
     import yaml
 
     from nlhf.config import from_dict
@@ -160,14 +145,14 @@ def run(args: argparse.Namespace) -> int:
     for name, path in policies.items():  # fail fast, before the judge loads
         check_checkpoint(name, path)
     curves = {}
-    for spec in args.training_curves:
+    for spec in cfg.training_curves:
         name, sep, p = spec.partition("=")
         if not sep:
             name, p = Path(spec).name, spec
         curves[name] = Path(p)
     task = None
     if cfg.judge == "builtin":
-        task = load_task(args.task_config, seed=cfg.task_seed)
+        task = load_task(cfg.task_config)
     device = None if cfg.device == "auto" else cfg.device
     judge = build_judge(cfg.judge, task=task, device=device)
     if cfg.prompts is not None:

@@ -97,8 +97,13 @@ class TournamentConfig:
     judge with a position bias does not favour either side"""
     device: str = "auto"
     """device for the policies: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
-    task_seed: int = 0
-    """seed of the built-in task (only for --judge builtin: its raters and prompts)"""
+    task_config: Path | None = None
+    """YAML file with the built-in task's settings for --judge builtin (SummaryTaskConfig
+    fields, or a file with a 'task:' section such as a demo config); default: the task's
+    defaults"""
+    training_curves: list[str] = field(default_factory=list)
+    """training runs to plot in the report, each NAME=PATH (a metrics.jsonl file or the run
+    directory holding one)"""
 
     def __post_init__(self) -> None:
         if self.n_prompts < 0:
@@ -656,7 +661,7 @@ def run_tournament(
     summary = pool_summary(M, names)
     settings = dataclasses.asdict(cfg)
     settings.pop("policies"), settings.pop("prompts"), settings.pop("output_dir")
-    settings.pop("task_seed"), settings.pop("judge")
+    settings.pop("task_config"), settings.pop("training_curves"), settings.pop("judge")
     settings["n_prompts"] = len(prompts)
     settings["device"] = str(dev)
     settings["judge"] = type(judge).__name__
