@@ -203,14 +203,14 @@ def left_pad(
     sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token lists: ids (B, P) and mask (B, P)."""
-    width = max(len(s) for s in sequences)
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)  # (B,)
+    width = int(lengths.max())
+    flat = torch.tensor([t for s in sequences for t in s], dtype=torch.long)  # (sum of lengths,)
+    cols = torch.arange(width)[None, :]  # (1, P)
+    mask = cols >= (width - lengths)[:, None]  # (B, P): True on the right-aligned tokens
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if len(s):
-            ids[i, width - len(s) :] = torch.as_tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
+    ids[mask] = flat  # row-major order of the mask matches the concatenation order
+    return ids.to(device), mask.long().to(device)
 
 
 def _pad_id(tokenizer) -> int:
@@ -287,6 +287,7 @@ def generate(
     batch_size: int | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
+    prompt_token_ids: Sequence[Sequence[int]] | None = None,
 ) -> Samples:
     """Sample one response per prompt from ``policy`` or from the token-level mixture
     ``softmax((1 - beta) logits_policy + beta logits_reference)`` (paper §6, Nash-MD-PG).
@@ -295,6 +296,7 @@ def generate(
     KV cache, so a token costs one incremental forward of each model with non-zero weight.
     Sampling stops at ``tokenizer.eos_token_id`` or after ``max_new_tokens``. The models are run
     in eval mode (dropout off) and restored to their previous mode afterwards.
+    ``prompt_token_ids`` (optional) are the prompts already tokenized, to skip re-encoding.
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
@@ -319,7 +321,12 @@ def generate(
                 "the token-level mixture needs the same vocabulary"
             )
 
-    encoded = encode_prompts(tokenizer, prompts)
+    if prompt_token_ids is None:
+        encoded = encode_prompts(tokenizer, prompts)
+    else:
+        if len(prompt_token_ids) != len(prompts):
+            raise ValueError(f"{len(prompt_token_ids)} prompt_token_ids for {len(prompts)} prompts")
+        encoded = [list(ids) for ids in prompt_token_ids]
     batch_size = batch_size or len(encoded)
     parts = [
         _generate_batch(
@@ -353,10 +360,11 @@ def generate(
     response_mask = cat(3, width_t, 0, left=False)
     logprobs = cat(4, width_t, 0.0, left=False)
     ended = torch.cat([p[5] for p in parts])
-    ids_cpu, mask_cpu = response_ids.cpu(), response_mask.cpu().bool()
-    texts = tokenizer.batch_decode(
-        [ids_cpu[i][mask_cpu[i]].tolist() for i in range(len(ids_cpu))], skip_special_tokens=True
-    )
+    kept = [
+        [t for t, keep in zip(row, keep_row) if keep]
+        for row, keep_row in zip(response_ids.tolist(), response_mask.tolist())
+    ]
+    texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
     return Samples(
         prompts=list(prompts),
         texts=[t.strip() for t in texts],

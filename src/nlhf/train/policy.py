@@ -41,7 +41,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -297,13 +297,17 @@ def _load_judge(cfg: PolicyTrainConfig, judge):
     return judge
 
 
-def _check_prompts(prompts: Sequence[str], tokenizer, policy, max_new_tokens: int) -> None:
+def _check_prompts(
+    prompts: Sequence[str], tokenizer, policy, max_new_tokens: int
+) -> list[list[int]]:
+    """Validate the prompts; return their token ids."""
     if prompts is None or len(prompts) == 0:
         raise ValueError("prompts: the prompt set is empty")
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise ValueError(f"prompts: prompt {i} is not a string: {p!r:.80}")
-    lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
+    encoded = encode_prompts(tokenizer, prompts)
+    lengths = [len(ids) for ids in encoded]
     limit = context_length(policy)
     if limit is not None:
         for i, n in enumerate(lengths):
@@ -312,6 +316,7 @@ def _check_prompts(prompts: Sequence[str], tokenizer, policy, max_new_tokens: in
                     f"prompts: prompt {i} has {n} tokens; with max_new_tokens={max_new_tokens} "
                     f"that exceeds the model context of {limit} tokens"
                 )
+    return encoded
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,11 +366,11 @@ class _PromptStream:
 
     def next(self, k: int) -> list[int]:
         picked: list[int] = []
-        order = self._order()
+        order = self._order() if self.n > 1 else [0]
         while len(picked) < k * self.world:
             if self.cursor >= self.n:
                 self.epoch, self.cursor = self.epoch + 1, 0
-                order = self._order()
+                order = self._order() if self.n > 1 else [0]
             take = min(k * self.world - len(picked), self.n - self.cursor)
             picked += order[self.cursor : self.cursor + take]
             self.cursor += take
@@ -432,12 +437,15 @@ def train_policy(
     policy_model: torch.nn.Module | None = None,
     reference_model: torch.nn.Module | None = None,
     tokenizer=None,
+    callback: Callable[[int, torch.nn.Module, dict[str, float]], None] | None = None,
 ) -> Path:
     """Train a policy (paper §6) and write ``cfg.output_dir``; returns that directory.
 
     ``prompts``/``judge`` override ``cfg.prompts``/``cfg.judge``; ``policy_model``,
     ``reference_model`` and ``tokenizer`` (Hugging Face objects) override the paths. The
-    reference defaults to a frozen copy of the initial policy.
+    reference defaults to a frozen copy of the initial policy. ``callback(step, policy, record)``
+    (optional) runs on the main process after every step with the unwrapped policy and the
+    step's metrics, e.g. for custom evaluation.
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
@@ -446,7 +454,7 @@ def train_policy(
     out = Path(cfg.output_dir)
     policy, reference, tokenizer = _load_models(cfg, policy_model, reference_model, tokenizer)
     prompts = list(prompts) if prompts is not None else load_prompts(cfg.prompts or "")
-    _check_prompts(prompts, tokenizer, policy, cfg.max_new_tokens)
+    prompt_ids = _check_prompts(prompts, tokenizer, policy, cfg.max_new_tokens)
     judge = _load_judge(cfg, judge)
 
     accelerator = Accelerator(
@@ -565,14 +573,16 @@ def train_policy(
                 sums[name] = sums.get(name, 0.0) + float(value) / cfg.grad_accum
 
             for micro in range(cfg.grad_accum):
-                batch_prompts = [prompts[i] for i in stream.next(micro_bs)]  # B = micro_bs
+                batch_index = stream.next(micro_bs)  # B = micro_bs prompt indices
+                batch_prompts = [prompts[i] for i in batch_index]
+                batch_ids = [prompt_ids[i] for i in batch_index]
 
                 # 2. sample y ~ pi_theta and y' ~ pi' (no gradient)
                 t_sample = time.perf_counter()
                 with torch.no_grad(), accelerator.autocast():
                     y = generate(
                         sampling_policy(), tokenizer, batch_prompts, generator=sample_gen,
-                        **sample_kwargs,
+                        prompt_token_ids=batch_ids, **sample_kwargs,
                     )  # fmt: skip
                     y_alt = None
                     if need_alternative:
@@ -582,7 +592,8 @@ def train_policy(
                             alt_model, alt_ref, alt_beta = sampling_policy(), reference, beta_alt
                         y_alt = generate(
                             alt_model, tokenizer, batch_prompts, reference=alt_ref,
-                            beta=alt_beta, generator=sample_gen, **sample_kwargs,
+                            beta=alt_beta, generator=sample_gen, prompt_token_ids=batch_ids,
+                            **sample_kwargs,
                         )  # fmt: skip
                 add("time/sample", time.perf_counter() - t_sample)
 
@@ -674,6 +685,8 @@ def train_policy(
                 metrics_file.flush()
                 if cfg.log_with:
                     accelerator.log(record, step=step + 1)
+            if callback is not None and is_main:
+                callback(step + 1, accelerator.unwrap_model(policy), record)
             shown = {k: record[k] for k in ("pref/mean", "reward/mean", "kl/ref") if k in record}
             bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()}, refresh=False)
             bar.update(1)
