@@ -26,7 +26,7 @@ Each function runs one algorithm on a :class:`~nlhf.games.PreferenceGame` and re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -41,13 +41,14 @@ def self_play(
     eta: float | None = None,
     init: np.ndarray | None = None,
     record: Iterable[int] | None = None,
+    callback: Callable[[int, np.ndarray, int], bool] | None = None,
 ) -> Trajectory:
     """Online mirror descent against the current policy (self-play); see the module docstring.
 
     ``eta=None`` uses Theorem 1's schedule (``tau > 0``); a number is a constant step.
     """
     eta_at, schedule = step_sizes(game, eta, "self_play")
-    rec = Recorder(game, iterations, record)
+    rec = Recorder(game, iterations, record, callback)
     log_pi = initial_log_policy(game, init)  # (C, n)
     rec(0, np.exp(log_pi))
     for t in range(iterations):
@@ -56,7 +57,8 @@ def self_play(
         rec.matvecs += 1
         a = eta_t * game.tau
         log_pi = normalize_log((1.0 - a) * log_pi + a * game.log_mu3 + eta_t * values)
-        rec(t + 1, np.exp(log_pi))
+        if rec(t + 1, np.exp(log_pi)):
+            break
     return rec.finish("self-play", np.exp(log_pi), {"eta": eta, "schedule": schedule})
 
 
@@ -75,9 +77,10 @@ def fictitious_play(
     *,
     init: np.ndarray | None = None,
     record: Iterable[int] | None = None,
+    callback: Callable[[int, np.ndarray, int], bool] | None = None,
 ) -> Trajectory:
     """Fictitious play; the output (and the kept history) is the running average."""
-    rec = Recorder(game, iterations, record)
+    rec = Recorder(game, iterations, record, callback)
     pi = np.exp(initial_log_policy(game, init))  # (C, n)
     values_sum = np.zeros_like(pi)  # sum_s P pi_s
     avg = pi.copy()
@@ -87,7 +90,8 @@ def fictitious_play(
         rec.matvecs += 1
         pi = _best_response(game, values_sum / (t + 1))  # best response to bar_pi_t
         avg = (avg * (t + 1) + pi) / (t + 2)
-        rec(t + 1, pi, avg)
+        if rec(t + 1, pi, avg):
+            break
     return rec.finish("fictitious-play", pi, {}, output="average")
 
 
@@ -111,12 +115,13 @@ def ema_opponent(
     beta: float = 0.9,
     init: np.ndarray | None = None,
     record: Iterable[int] | None = None,
+    callback: Callable[[int, np.ndarray, int], bool] | None = None,
 ) -> Trajectory:
     """Mirror descent against an exponential moving average of past log-policies (Nash-EMA)."""
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"ema_opponent: beta must be in [0, 1), got {beta}")
     eta_at, schedule = step_sizes(game, eta, "ema_opponent")
-    rec = Recorder(game, iterations, record)
+    rec = Recorder(game, iterations, record, callback)
     log_pi = initial_log_policy(game, init)  # (C, n)
     ema_logits = log_pi.copy()
     rec(0, np.exp(log_pi))
@@ -127,6 +132,7 @@ def ema_opponent(
         a = eta_t * game.tau
         log_pi = normalize_log((1.0 - a) * log_pi + a * game.log_mu3 + eta_t * values)
         ema_logits = beta * ema_logits + (1.0 - beta) * log_pi
-        rec(t + 1, np.exp(log_pi))
+        if rec(t + 1, np.exp(log_pi)):
+            break
     params = {"eta": eta, "schedule": schedule, "beta": beta}
     return rec.finish("ema-opponent", np.exp(log_pi), params)

@@ -26,7 +26,7 @@ In the symmetric game both players share the policy, so one sequence suffices. F
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -54,17 +54,19 @@ def magnetic_md(
     eta: float | None = None,
     init: np.ndarray | None = None,
     record: Iterable[int] | None = None,
+    callback: Callable[[int, np.ndarray, int], bool] | None = None,
 ) -> Trajectory:
     """Magnetic mirror descent with constant step ``eta`` (default ``tau``, a safe step)."""
     eta = _check(game, game.tau if eta is None else eta, "magnetic_md")
-    rec = Recorder(game, iterations, record)
+    rec = Recorder(game, iterations, record, callback)
     log_pi = initial_log_policy(game, init)
     rec(0, np.exp(log_pi))
     for t in range(iterations):
         g = matvec(game.P3, np.exp(log_pi))  # (C, n)
         rec.matvecs += 1
         log_pi = _prox(log_pi, game.log_mu3, g, eta, game.tau)
-        rec(t + 1, np.exp(log_pi))
+        if rec(t + 1, np.exp(log_pi)):
+            break
     return rec.finish("magnetic-md", np.exp(log_pi), {"eta": eta})
 
 
@@ -75,10 +77,11 @@ def extragradient(
     eta: float = 1.0,
     init: np.ndarray | None = None,
     record: Iterable[int] | None = None,
+    callback: Callable[[int, np.ndarray, int], bool] | None = None,
 ) -> Trajectory:
     """Extragradient (mirror prox) with constant step ``eta``; two mat-vecs per iteration."""
     eta = _check(game, eta, "extragradient")
-    rec = Recorder(game, iterations, record)
+    rec = Recorder(game, iterations, record, callback)
     log_pi = initial_log_policy(game, init)
     rec(0, np.exp(log_pi))
     for t in range(iterations):
@@ -87,7 +90,8 @@ def extragradient(
         g_half = matvec(game.P3, np.exp(log_half))
         rec.matvecs += 2
         log_pi = _prox(log_pi, game.log_mu3, g_half, eta, game.tau)
-        rec(t + 1, np.exp(log_pi))
+        if rec(t + 1, np.exp(log_pi)):
+            break
     return rec.finish("extragradient", np.exp(log_pi), {"eta": eta})
 
 
@@ -98,10 +102,11 @@ def optimistic_md(
     eta: float = 1.0,
     init: np.ndarray | None = None,
     record: Iterable[int] | None = None,
+    callback: Callable[[int, np.ndarray, int], bool] | None = None,
 ) -> Trajectory:
     """Optimistic mirror descent (OMWU) with constant step ``eta``; one mat-vec per iteration."""
     eta = _check(game, eta, "optimistic_md")
-    rec = Recorder(game, iterations, record)
+    rec = Recorder(game, iterations, record, callback)
     log_pi = initial_log_policy(game, init)
     g_bar = matvec(game.P3, np.exp(log_pi))  # gradient at bar_pi_0 = pi_0
     rec.matvecs += 1
@@ -111,5 +116,6 @@ def optimistic_md(
         g_bar = matvec(game.P3, np.exp(log_bar))  # (C, n)
         rec.matvecs += 1
         log_pi = _prox(log_pi, game.log_mu3, g_bar, eta, game.tau)
-        rec(t + 1, np.exp(log_pi))
+        if rec(t + 1, np.exp(log_pi)):
+            break
     return rec.finish("optimistic-md", np.exp(log_pi), {"eta": eta})

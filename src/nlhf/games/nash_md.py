@@ -19,7 +19,7 @@ responses (and per context for ``KL_rho``). ``eta_0 tau = 1`` makes ``pi_1`` ind
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -39,6 +39,7 @@ def nash_md(
     eta: float | None = None,
     init: np.ndarray | None = None,
     record: Iterable[int] | None = None,
+    callback: Callable[[int, np.ndarray, int], bool] | None = None,
 ) -> Trajectory:
     """Run Nash-MD for ``iterations`` steps.
 
@@ -49,12 +50,14 @@ def nash_md(
             (``eta * tau <= 1``).
         init: ``pi_0`` (game's policy shape, strictly positive); default ``mu``.
         record: iterations ``t`` (0..T) at which to keep ``pi_t`` in the history.
+        callback: called as ``callback(t, pi_t (C, n), matvecs)`` after every iteration;
+            returning True stops the run.
 
     Returns:
         A :class:`~nlhf.games.trajectory.Trajectory` whose ``policy`` is the last iterate.
     """
     eta_at, schedule = step_sizes(game, eta, "nash_md")
-    rec = Recorder(game, iterations, record)
+    rec = Recorder(game, iterations, record, callback)
     log_pi = initial_log_policy(game, init)  # (C, n)
     rec(0, np.exp(log_pi))
     for t in range(iterations):
@@ -64,5 +67,6 @@ def nash_md(
         values = matvec(game.P3, np.exp(log_mix))  # (C, n) P(y > pi_t^mu)
         rec.matvecs += 1
         log_pi = normalize_log(log_mix + eta_t * values)
-        rec(t + 1, np.exp(log_pi))
+        if rec(t + 1, np.exp(log_pi)):
+            break
     return rec.finish("nash-md", np.exp(log_pi), {"eta": eta, "schedule": schedule})

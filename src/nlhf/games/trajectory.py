@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,9 +25,9 @@ class Trajectory:
         steps: ``(K,)`` iterations ``t`` at which the history was kept.
         history: ``(K, *policy_shape)`` the output policy at those iterations.
         average_history: ``(K, *policy_shape)`` the running average at those iterations.
-        iterations: ``T``.
+        iterations: ``T`` (fewer if a callback stopped the run).
         matvecs: matrix-vector products with ``P`` used (per context).
-        seconds: wall-clock time of the run.
+        seconds: wall-clock time of the run, without the time spent in the callback.
         params: the step sizes and other settings used.
     """
 
@@ -48,8 +48,17 @@ class Trajectory:
 class Recorder:
     """Keeps the running average and the iterates at the requested steps (internal helper)."""
 
-    def __init__(self, game: PreferenceGame, iterations: int, record: Iterable[int] | None):
+    def __init__(
+        self,
+        game: PreferenceGame,
+        iterations: int,
+        record: Iterable[int] | None,
+        callback: Callable[[int, np.ndarray, int], bool] | None = None,
+    ):
         self.game = game
+        self.callback = callback
+        self.callback_seconds = 0.0
+        self.last_t = 0
         self.iterations = int(iterations)
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -62,20 +71,30 @@ class Recorder:
         self.matvecs = 0
         self.start = time.perf_counter()
 
-    def __call__(self, t: int, pi3: np.ndarray, output3: np.ndarray | None = None) -> None:
-        """Account for iterate ``pi_t`` (``(C, n)``); ``output3`` overrides the kept policy."""
+    def __call__(self, t: int, pi3: np.ndarray, output3: np.ndarray | None = None) -> bool:
+        """Account for iterate ``pi_t`` (``(C, n)``); ``output3`` overrides the kept policy.
+
+        Returns True when the callback asks to stop.
+        """
         self.sum += pi3
         self.count += 1
+        self.last_t = t
         if t in self.record:
             self.steps.append(t)
             avg = self.sum / self.count
             self.history.append(self.game.from_batch((pi3 if output3 is None else output3).copy()))
             self.average_history.append(self.game.from_batch(avg.copy()))
+        if self.callback is not None:
+            begin = time.perf_counter()
+            stop = bool(self.callback(t, pi3 if output3 is None else output3, self.matvecs))
+            self.callback_seconds += time.perf_counter() - begin
+            return stop
+        return False
 
     def finish(
         self, name: str, last3: np.ndarray, params: dict, output: str = "last"
     ) -> Trajectory:
-        seconds = time.perf_counter() - self.start
+        seconds = time.perf_counter() - self.start - self.callback_seconds
         shape = (0, *self.game.policy_shape)
         average = self.game.from_batch(self.sum / max(self.count, 1))
         last = self.game.from_batch(last3)
@@ -90,7 +109,7 @@ class Recorder:
             average_history=(
                 np.array(self.average_history) if self.average_history else np.zeros(shape)
             ),
-            iterations=self.iterations,
+            iterations=self.last_t,
             matvecs=self.matvecs,
             seconds=seconds,
             params=params,
