@@ -56,10 +56,15 @@ def pool_table(result: TournamentResult) -> str:
         "| exploitability in pool |",
         "|---:|---|---:|---:|---:|---:|",
     ]
+    index = {n: i for i, n in enumerate(result.names)}
     for rank, k in enumerate(order, start=1):
+        worst = f"{result.worst_case[k]:.3f}"
+        r = index.get(result.worst_opponent[k])
+        if r is not None and r != k:  # the interval of the cell that attains the worst case
+            worst += f" [{result.lower[r, k]:.3f}, {result.upper[r, k]:.3f}]"
         lines.append(
             f"| {rank} | {_md(result.names[k])} | {result.mean_win_rate[k]:.3f} "
-            f"| {result.worst_case[k]:.3f} ({_md(result.worst_opponent[k])}) "
+            f"| {worst} ({_md(result.worst_opponent[k])}) "
             f"| {result.meta_nash[k]:.3f} | {result.exploitability[k]:.3f} |"
         )
     return "\n".join(lines)
@@ -227,8 +232,9 @@ def write_report(
         "",
         "*Worst-case win rate*: the policy's lowest win rate against another policy of the pool "
         "(the paper's max-min criterion: a Nash policy has worst case at least 1/2 against "
-        "everyone). *Meta-Nash weight*: the Nash mixture of the symmetric game whose payoff is "
-        "this matrix. *Exploitability in pool*: max over the pool of P(other beats policy) − 1/2 "
+        "everyone); its interval is that of the cell attaining it. *Meta-Nash weight*: the Nash "
+        "mixture of the symmetric game whose payoff is this matrix (its point estimates). "
+        "*Exploitability in pool*: max over the pool of P(other beats policy) − 1/2 "
         f"(0 for a policy no member beats). The meta-Nash mixture's own exploitability is "
         f"{result.meta_nash_exploitability:.1e}.",
         "",
