@@ -84,6 +84,7 @@ class AdaptersDisabled(torch.nn.Module):
     def __init__(self, peft_model: torch.nn.Module):
         super().__init__()
         self.peft_model = peft_model
+        self.train(peft_model.training)  # share the wrapped model's mode, never flip it
 
     @property
     def config(self):

@@ -501,7 +501,7 @@ def train_policy(
     if reference is not None:
         reference.to(device)
     else:  # LoRA: the base model with the adapters disabled (shared weights, own KV cache)
-        reference = AdaptersDisabled(accelerator.unwrap_model(policy))
+        reference = AdaptersDisabled(accelerator.unwrap_model(policy)).eval()
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
     def sampling_policy() -> torch.nn.Module:
@@ -521,8 +521,16 @@ def train_policy(
     state = _TrainerState(stream, {"sample": sample_gen, "label": label_gen})
     accelerator.register_for_checkpointing(state)
     checkpoint_dir = out / "checkpoint"
+    reference_print = _fingerprint(reference)
     if cfg.resume:
         if (checkpoint_dir / "nlhf_checkpoint.json").is_file():
+            saved = json.loads((checkpoint_dir / "nlhf_checkpoint.json").read_text())
+            if saved.get("reference") not in (None, reference_print):
+                raise ValueError(
+                    f"resume: the reference differs from the one the checkpoint in "
+                    f"{checkpoint_dir} was trained with; pass the same --reference (or the same "
+                    "initial --policy when the reference is its copy)"
+                )
             accelerator.load_state(str(checkpoint_dir))
             accelerator.print(f"resumed from {checkpoint_dir} at step {state.step}")
         else:
@@ -540,7 +548,8 @@ def train_policy(
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if is_main:
-            (tmp / "nlhf_checkpoint.json").write_text(json.dumps({"step": step}) + "\n")
+            marker = {"step": step, "reference": reference_print}
+            (tmp / "nlhf_checkpoint.json").write_text(json.dumps(marker) + "\n")
             if checkpoint_dir.exists():
                 shutil.rmtree(checkpoint_dir)
             os.replace(tmp, checkpoint_dir)
@@ -706,6 +715,22 @@ def train_policy(
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return out
+
+
+@torch.no_grad()
+def _fingerprint(model: torch.nn.Module) -> str | None:
+    """A cheap identity of a frozen model's weights (per-tensor sums), to catch a resume with
+    a different reference. None for LoRA's adapters-disabled view (its base weights live in
+    the policy checkpoint)."""
+    if isinstance(model, AdaptersDisabled):
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        t = p.detach().double()
+        digest.update(f"{name}:{t.sum().item():.10e}:{(t * t).sum().item():.10e};".encode())
+    return digest.hexdigest()[:16]
 
 
 def _truncate_metrics(path: Path, keep_through: int) -> None:
