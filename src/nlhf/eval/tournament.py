@@ -570,11 +570,13 @@ def run_tournament(
     balance_positions: bool = True,
     device: str | torch.device | None = "auto",
     progress: bool = True,
+    judge_name: str | None = None,
 ) -> TournamentResult:
     """Compare every pair of ``policies`` on ``prompts`` under ``judge`` (see the module doc).
 
     ``policies``: ``{name: checkpoint dir}`` (order kept) or a list of ``NAME=PATH`` / paths.
     ``n_prompts``: use the first ``n_prompts`` prompts (``None`` or 0: all of them).
+    ``judge_name``: how the report names the judge (default: its class name).
     Each policy samples one response per prompt once; the samples are reused in all its pairs.
     """
     cfg = TournamentConfig(
@@ -627,6 +629,8 @@ def run_tournament(
             model, tokenizer, prompts, max_new_tokens, temperature, gen, batch_size
         )
         del model
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     t_sample = time.perf_counter() - t0
 
     # 3-4. Each unordered pair once; the transpose is filled by M[c, r] = 1 - M[r, c].
@@ -664,7 +668,7 @@ def run_tournament(
     settings.pop("task_config"), settings.pop("training_curves"), settings.pop("judge")
     settings["n_prompts"] = len(prompts)
     settings["device"] = str(dev)
-    settings["judge"] = type(judge).__name__
+    settings["judge"] = judge_name or type(judge).__name__
     return TournamentResult(
         names=names,
         paths=[str(pool[n]) for n in names],
