@@ -32,11 +32,11 @@ ASSISTANT_MARK = "\n\nAssistant:"
 def detect_format(row: Mapping[str, Any]) -> str:
     """Guess a row's format from its keys; raises ``InvalidComparisonError`` if none fits."""
     keys = set(row)
-    if {"response_a", "response_b"} <= keys:
+    if keys & {"response_a", "response_b"}:
         return "native"
-    if {"info", "summaries"} <= keys:
+    if keys & {"info", "summaries"}:
         return "summarize_from_feedback"
-    if {"chosen", "rejected"} <= keys:
+    if keys & {"chosen", "rejected"}:
         return "chosen_rejected" if "prompt" in keys else "hh_rlhf"
     raise InvalidComparisonError(
         "*",

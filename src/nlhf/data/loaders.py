@@ -186,6 +186,13 @@ def _file_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
         yield where, row, None
 
 
+def _looks_like_hub_name(name: str) -> bool:
+    """``owner/name`` or ``name``, not a local-looking path nor a file name."""
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
+        return False
+    return Path(name).suffix.lower() not in FILE_SUFFIXES
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -211,10 +218,10 @@ def load_comparisons(
     path = Path(path_or_name)
     if path.is_file():
         rows = _file_rows(path)
-    elif path.is_dir() or path.suffix.lower() not in FILE_SUFFIXES:
+    elif path.is_dir() or _looks_like_hub_name(source):
         rows = _hf_rows(source, split, config_name)
     else:
-        raise FileNotFoundError(f"{path}: no such file")
+        raise FileNotFoundError(f"{path}: no such file or directory")
 
     kept: list[Comparison] = []
     skipped: list[str] = []

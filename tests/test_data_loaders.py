@@ -1,0 +1,280 @@
+"""Loaders, format converters, validation errors and prompt-disjoint splits of nlhf.data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nlhf.data import (
+    Comparison,
+    InvalidComparisonError,
+    as_text,
+    convert_row,
+    drop_shared_prompts,
+    load_comparisons,
+    split_by_prompt,
+    write_jsonl,
+)
+from nlhf.data.synthetic import cyclic_comparisons, population_prob
+
+FIXTURES = Path(__file__).parent / "fixtures" / "data"
+
+
+# ----------------------------------------------------------------------------- fixtures, formats
+
+
+def test_native_jsonl_fixture():
+    rows = load_comparisons(FIXTURES / "native.jsonl")
+    assert len(rows) == 5 and not rows.skipped
+    assert rows[0].label == 1.0 and rows[1].label == 0.0 and rows[2].label == 0.5
+    assert rows[1].rater == "r2" and rows[0].rater is None
+    assert rows[3].split == "test"
+    chat = rows[4]
+    assert chat.prompt[1] == {"role": "user", "content": "Name a primary colour."}
+    assert (
+        as_text(chat.prompt)
+        == "System: You are a concise assistant.\n\nUser: Name a primary colour."
+    )
+    # split= on a file keeps the rows of that split only
+    assert [r.split for r in load_comparisons(FIXTURES / "native.jsonl", split="test")] == [
+        "test",
+        "test",
+    ]
+
+
+def test_native_csv_and_tsv_fixtures():
+    rows = load_comparisons(FIXTURES / "native.csv")
+    assert [r.label for r in rows] == [1.0, 0.0, 0.75]
+    assert rows[0].rater == "r1" and rows[2].rater is None
+    tsv = load_comparisons(FIXTURES / "native.tsv")
+    assert len(tsv) == 1 and tsv[0].response_b == "Bridges are long."
+
+
+def test_chosen_rejected_plain_and_conversational():
+    plain = load_comparisons(FIXTURES / "chosen_rejected.jsonl")
+    assert plain[0].response_a == "The capital of France is Paris."
+    assert all(r.label == 1.0 for r in plain)
+    chat = load_comparisons(FIXTURES / "chosen_rejected_chat.jsonl")
+    assert chat[0].response_a == [{"role": "assistant", "content": "Chat."}]
+    # the prompt repeated inside chosen/rejected is removed
+    assert chat[1].prompt == [{"role": "user", "content": "What is 2 + 2?"}]
+    assert chat[1].response_b == [{"role": "assistant", "content": "5"}]
+    # implicit prompt (no prompt key): the shared leading messages
+    assert chat[2].prompt == [{"role": "user", "content": "Say hi."}]
+    assert chat[2].response_a == [{"role": "assistant", "content": "Hi!"}]
+
+
+def test_summarize_from_feedback_jsonl_and_parquet():
+    rows = load_comparisons(FIXTURES / "summarize_from_feedback.jsonl")
+    first = rows[0]
+    assert first.prompt.startswith("SUBREDDIT: r/relationships\nTITLE: How do I make friends")
+    assert first.prompt.endswith("How do adults make friends?\n\nTL;DR:")
+    assert first.response_b == "I have no friends."
+    assert first.label == 1.0 and rows[1].label == 0.0  # choice 0 -> a, choice 1 -> b
+    assert first.rater == "w01" and rows[2].split == "valid1"
+    assert rows[3].prompt.startswith("ARTICLE: Officials said")
+    parquet = load_comparisons(FIXTURES / "summarize_from_feedback.parquet")
+    assert parquet == rows
+    assert [
+        r.split
+        for r in load_comparisons(FIXTURES / "summarize_from_feedback.parquet", split="valid1")
+    ] == ["valid1"]
+
+
+def test_hh_rlhf_splits_off_the_shared_prompt():
+    rows = load_comparisons(FIXTURES / "hh_rlhf.jsonl")
+    assert rows[0].prompt == "\n\nHuman: What are some cuss words in english?\n\nAssistant:"
+    assert rows[0].response_a.startswith("I'd rather not")
+    assert rows[0].response_b == "Here is a list."
+    multi = rows[1]  # two turns: the prompt keeps the first exchange
+    assert multi.prompt.endswith("How long should it rise?\n\nAssistant:")
+    assert "Mix flour" in multi.prompt
+    assert multi.response_a == "About an hour, until it doubles in size."
+    assert multi.response_b == "Bread does not rise."
+
+
+def test_datasets_save_to_disk_and_local_dir(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [json.loads(line) for line in (FIXTURES / "chosen_rejected.jsonl").open()]
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(rows[:2]),
+            "test": datasets.Dataset.from_list(rows[2:]),
+        }
+    )
+    dd.save_to_disk(str(tmp_path / "saved"))
+    both = load_comparisons(tmp_path / "saved")
+    assert [r.split for r in both] == ["train", "train", "test"]
+    test = load_comparisons(tmp_path / "saved", split="test")
+    assert len(test) == 1 and test[0].prompt == "Is 7 prime?"
+    with pytest.raises(ValueError, match=r"no split 'valid'; splits are \['train', 'test'\]"):
+        load_comparisons(tmp_path / "saved", split="valid")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "single"))
+    assert len(load_comparisons(tmp_path / "single")) == 3
+    # a plain directory of data files goes through datasets.load_dataset
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "train.jsonl").write_text((FIXTURES / "hh_rlhf.jsonl").read_text())
+    hh = load_comparisons(tmp_path / "files", format="hh_rlhf")
+    assert len(hh) == 3 and hh[0].response_b == "Here is a list."
+
+
+def test_write_jsonl_round_trip(tmp_path):
+    rows = load_comparisons(FIXTURES / "native.jsonl") + load_comparisons(
+        FIXTURES / "chosen_rejected_chat.jsonl"
+    )
+    path = write_jsonl(rows, tmp_path / "sub" / "out.jsonl")
+    back = load_comparisons(path, format="native")
+    assert back == rows
+    first = json.loads(path.read_text().splitlines()[0])
+    assert set(first) == {"prompt", "response_a", "response_b", "label"}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = {"prompt": "Summarize: x.", "response_a": "A.", "response_b": "B.", "label": 1}
+
+
+@pytest.mark.parametrize(
+    ("row", "pattern"),
+    [
+        (
+            {k: v for k, v in GOOD.items() if k != "response_b"},
+            "line 2: field 'response_b': is missing",
+        ),
+        ({**GOOD, "response_a": ""}, "line 2: field 'response_a': is empty"),
+        ({**GOOD, "prompt": "   "}, "line 2: field 'prompt': is empty"),
+        ({**GOOD, "label": 1.5}, r"line 2: field 'label': 1.5 is outside \[0, 1\]"),
+        ({**GOOD, "label": -0.1}, r"line 2: field 'label': -0.1 is outside \[0, 1\]"),
+        ({**GOOD, "label": "yes"}, "line 2: field 'label': 'yes' is not a number"),
+        ({**GOOD, "label": None}, "line 2: field 'label': is missing"),
+        ({**GOOD, "response_b": "A."}, "line 2: field 'response_b': is identical to response_a"),
+        ({**GOOD, "prompt": [{"content": "hi"}]}, "line 2: field 'prompt': message 0 must be"),
+        ({**GOOD, "prompt": []}, "line 2: field 'prompt': is an empty message list"),
+        ({"text": "hello"}, "line 2: field '\\*': cannot tell the format"),
+    ],
+)
+def test_bad_jsonl_rows_name_file_line_and_field(tmp_path, row, pattern):
+    path = _write(tmp_path, "bad.jsonl", json.dumps(GOOD) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=pattern) as err:
+        load_comparisons(path)
+    assert str(path) in str(err.value)
+
+
+def test_invalid_json_line(tmp_path):
+    path = _write(tmp_path, "broken.jsonl", json.dumps(GOOD) + "\n\n" + '{"prompt": "x", \n')
+    with pytest.raises(ValueError, match=r"broken.jsonl: line 3: not valid JSON"):
+        load_comparisons(path)
+
+
+def test_bad_csv_row_names_row_line_and_field(tmp_path):
+    path = _write(tmp_path, "bad.csv", "prompt,response_a,response_b,label\nx,a,b,1\ny,a,b,2\n")
+    with pytest.raises(
+        ValueError, match=r"bad.csv: row 2 \(line 3\): field 'label': 2.0 is outside"
+    ):
+        load_comparisons(path)
+    path = _write(tmp_path, "empty_cell.csv", "prompt,response_a,response_b,label\nx,,b,1\n")
+    with pytest.raises(ValueError, match=r"row 1 \(line 2\): field 'response_a': is missing"):
+        load_comparisons(path)
+
+
+def test_bad_public_format_rows():
+    sff = json.loads((FIXTURES / "summarize_from_feedback.jsonl").read_text().splitlines()[0])
+    with pytest.raises(InvalidComparisonError, match="field 'choice'"):
+        convert_row({**sff, "choice": 2})
+    with pytest.raises(InvalidComparisonError, match=r"field 'summaries\[1\].text'"):
+        convert_row({**sff, "summaries": [sff["summaries"][0], {"text": " "}]})
+    with pytest.raises(InvalidComparisonError, match="field 'info.post'"):
+        convert_row({**sff, "info": {"title": "t"}})
+    with pytest.raises(InvalidComparisonError, match="field 'chosen'.*Assistant"):
+        convert_row({"chosen": "Human: hi. Bot: yes", "rejected": "Human: hi. Bot: no"})
+    with pytest.raises(InvalidComparisonError, match="field 'rejected': is identical"):
+        convert_row(
+            {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: b"}
+        )
+    with pytest.raises(InvalidComparisonError, match="field 'chosen': is missing"):
+        convert_row({"prompt": "p", "chosen": None, "rejected": "r"})
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_comparisons(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="unknown file type '.txt'"):
+        load_comparisons(_write(tmp_path, "rows.txt", "x"))
+    with pytest.raises(ValueError, match="not a readable Parquet file"):
+        load_comparisons(_write(tmp_path, "rows.parquet", "not parquet"))
+    with pytest.raises(ValueError, match="no valid comparisons"):
+        load_comparisons(_write(tmp_path, "empty.jsonl", "\n"))
+    with pytest.raises(ValueError, match="format: unknown format 'tldr'"):
+        load_comparisons(FIXTURES / "native.jsonl", format="tldr")
+    with pytest.raises(ValueError, match=r"no rows with split 'dev'; splits present"):
+        load_comparisons(FIXTURES / "native.jsonl", split="dev")
+
+
+def test_skip_invalid_counts_and_reports(caplog):
+    with pytest.raises(ValueError, match=r"bad.jsonl: line 2: field 'label'"):
+        load_comparisons(FIXTURES / "bad.jsonl")
+    with caplog.at_level("WARNING"):
+        rows = load_comparisons(FIXTURES / "bad.jsonl", skip_invalid=True)
+    assert [r.prompt for r in rows] == ["Summarize: a.", "Summarize: g."]
+    assert len(rows.skipped) == 5
+    assert rows.skipped[0].endswith("line 2: field 'label': 1.5 is outside [0, 1]")
+    assert any("line 5: not valid JSON" in m for m in rows.skipped)
+    summary = rows.skipped_summary()
+    assert "skipped 5 of 7 rows" in summary and "1 x invalid JSON" in summary
+    assert "2 x field 'response_b'" in summary
+    assert "skipped 5 of 7 rows" in caplog.text
+
+
+# ----------------------------------------------------------------------------- schema, splits
+
+
+def test_comparison_schema():
+    c = Comparison("p", "a", "b", True)
+    assert c.label == 1.0
+    s = c.swapped()
+    assert (s.response_a, s.response_b, s.label) == ("b", "a", 0.0)
+    with pytest.raises(InvalidComparisonError, match="field 'label'"):
+        Comparison("p", "a", "b", float("nan"))
+
+
+def test_split_by_prompt_is_disjoint_and_deterministic():
+    data = cyclic_comparisons(n_prompts=30, comparisons_per_prompt=4, seed=3)
+    train, evals = split_by_prompt(data, eval_fraction=0.2, seed=1)
+    train_prompts = {c.prompt for c in train}
+    eval_prompts = {c.prompt for c in evals}
+    assert not train_prompts & eval_prompts
+    assert len(eval_prompts) == 6 and len(train) + len(evals) == len(data)
+    assert split_by_prompt(data, 0.2, seed=1) == (train, evals)
+    kept, dropped = drop_shared_prompts(train, evals + train[:3])
+    assert dropped == 3 and kept == evals
+    with pytest.raises(ValueError, match="eval_fraction"):
+        split_by_prompt(data, 1.0)
+    with pytest.raises(ValueError, match="1 distinct prompt"):
+        split_by_prompt(data[:2], 0.5)
+
+
+def test_cyclic_synthetic_set_has_a_cyclic_majority():
+    assert population_prob("brief", "list") == pytest.approx(0.65)
+    assert population_prob("list", "story") == pytest.approx(0.75)
+    assert population_prob("story", "brief") == pytest.approx(0.60)
+    assert population_prob("list", "brief") == pytest.approx(0.35)
+    data = cyclic_comparisons(n_prompts=600, comparisons_per_prompt=6, seed=0)
+    wins: dict[tuple[str, str], list[float]] = {}
+    for c in data:  # pool both orders: the label of (brief, list) is 1 - that of (list, brief)
+        sa, sb = c.response_a.split()[0], c.response_b.split()[0]
+        key, label = ((sa, sb), c.label) if sa < sb else ((sb, sa), 1.0 - c.label)
+        wins.setdefault(key, []).append(label)
+    assert len(wins) == 3
+    for (sa, sb), labels in wins.items():
+        p = population_prob(sa, sb)
+        tolerance = 4.5 * (p * (1 - p) / len(labels)) ** 0.5  # binomial noise, 4.5 sigma
+        assert sum(labels) / len(labels) == pytest.approx(p, abs=tolerance)
