@@ -24,16 +24,22 @@ import numpy as np  # noqa: E402
 # Metrics shown first when present; the rest follow alphabetically.
 PREFERRED_METRICS = (
     "pref/mean",
-    "pref/vs_alternative",
     "reward/mean",
     "kl/ref",
-    "loss/total",
-    "loss/policy",
     "policy/entropy",
     "policy/length",
     "policy/eos_rate",
+    "loss/pref",
+    "loss/kl",
+    "loss/total",
 )
-NOT_METRICS = {"step", "global_step", "epoch", "time", "wall_time", "elapsed", "timestamp"}
+# Bookkeeping, not training curves: left out unless asked for by name.
+NOT_METRICS = {"step", "global_step", "epoch", "time", "wall_time", "elapsed", "timestamp", "lr"}
+NOT_METRIC_PREFIXES = ("time/",)
+
+
+def _is_metric(key: str) -> bool:
+    return key not in NOT_METRICS and not key.startswith(NOT_METRIC_PREFIXES)
 
 
 def plot_preference_matrix(
@@ -124,10 +130,10 @@ def plot_training_curves(
     present: set[str] = set()
     for rows in data.values():
         for row in rows:
-            present |= {k for k, v in row.items() if _is_number(v) and k not in NOT_METRICS}
+            present |= {k for k, v in row.items() if _is_number(v)}
     if metrics is None:
         chosen = [m for m in PREFERRED_METRICS if m in present]
-        chosen += sorted(present - set(chosen))
+        chosen += sorted(m for m in present - set(chosen) if _is_metric(m))
         metrics = chosen[:max_metrics]
     metrics = [m for m in metrics if m in present]
     if not metrics:
