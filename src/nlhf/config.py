@@ -116,6 +116,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     except (TypeError, ValueError) as err:
         if str(err).startswith(where):
             raise
+        if dataclasses.is_dataclass(tp):  # a nested config's own validation message
+            raise ValueError(f"{where}: {err}") from None
         raise ValueError(f"{where}: cannot read {value!r} as {_type_name(tp)}") from None
     return value
 

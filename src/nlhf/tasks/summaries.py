@@ -309,7 +309,9 @@ class SummaryTask:
                 content.append(pool[rng.integers(len(pool))])
             if not content:
                 content = [doc[rng.integers(len(doc))]] if doc else []
-            content = [content[i] for i in rng.permutation(len(content))]
+            # people summarise in document order; a hallucinated word lands anywhere
+            order = {w: i for i, w in reversed(list(enumerate(doc)))}
+            content.sort(key=lambda w: order.get(w, rng.integers(len(doc) + 1) - 0.5))
             if content and rng.random() < cfg.demo_repeat_prob:
                 content.append(content[rng.integers(len(content))])
             out.append(" ".join([style, *content]))
