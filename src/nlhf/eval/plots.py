@@ -36,6 +36,7 @@ PREFERRED_METRICS = (
 # Bookkeeping, not training curves: left out unless asked for by name.
 NOT_METRICS = {"step", "global_step", "epoch", "time", "wall_time", "elapsed", "timestamp", "lr"}
 NOT_METRIC_PREFIXES = ("time/",)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
 def _is_metric(key: str) -> bool:
@@ -141,27 +142,35 @@ def plot_training_curves(
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.2 * nrows + 0.6), squeeze=False)
-    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    drawn = [n for n, rows in data.items() if any(m in row for row in rows for m in metrics)]
+    colors = plt.get_cmap("tab10" if len(drawn) <= 10 else "tab20")
     for m_idx, metric in enumerate(metrics):
         ax = axes[m_idx // ncols][m_idx % ncols]
-        for r_idx, (name, rows) in enumerate(data.items()):
+        for r_idx, name in enumerate(drawn):
             xs, ys = [], []
-            for i, row in enumerate(rows):
+            for i, row in enumerate(data[name]):
                 v = row.get(metric)
                 if _is_number(v) and math.isfinite(float(v)):
                     xs.append(float(row.get("step", row.get("global_step", i))))
                     ys.append(float(v))
             if not xs:
                 continue
-            color = colors(r_idx % colors.N)
+            # Runs that start identical (same seed and data) overlap: earlier runs are drawn
+            # wider and underneath, with their own marker, so every run stays visible.
+            style = {
+                "color": colors(r_idx % colors.N),
+                "linewidth": 1.3 + 2.0 * (len(drawn) - 1 - r_idx) / max(1, len(drawn) - 1),
+                "zorder": 2 + r_idx,
+            }
             window = smooth or max(1, len(ys) // 20)
             if window > 1 and len(ys) > 2 * window:
-                ax.plot(xs, ys, color=color, alpha=0.2, linewidth=0.8)
+                ax.plot(xs, ys, color=style["color"], alpha=0.2, linewidth=0.8)
                 kernel = np.ones(window) / window
                 ys_s = np.convolve(ys, kernel, mode="valid")
-                ax.plot(xs[window - 1 :], ys_s, color=color, linewidth=1.6, label=name)
+                ax.plot(xs[window - 1 :], ys_s, label=name, **style)
             else:
-                ax.plot(xs, ys, color=color, linewidth=1.6, label=name, marker="." * (len(xs) < 30))
+                marker = MARKERS[r_idx % len(MARKERS)] if len(xs) < 40 else None
+                ax.plot(xs, ys, label=name, marker=marker, markersize=4, **style)
         ax.set_title(metric)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

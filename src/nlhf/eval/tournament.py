@@ -26,6 +26,7 @@ One tournament:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -419,11 +420,26 @@ def load_policy(name: str, path: str | Path, device: str | torch.device = "cpu")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with _quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:  # noqa: BLE001
         raise ValueError(f"policy {name!r} ({path}): cannot load ({_first_line(err)})") from None
     return model.to(device).eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No "Loading weights" bars from transformers under the tournament's own progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -619,18 +635,23 @@ def run_tournament(
     names = list(pool)
     t0 = time.perf_counter()
     samples: dict[str, list[str]] = {}
-    bar = tqdm(names, desc="sampling", unit="policy", disable=not progress)
-    for name in bar:
+    bar = tqdm(total=len(names) * len(prompts), desc="sampling", unit="resp", disable=not progress)
+    for name in names:
         bar.set_postfix_str(name)
         model, tokenizer = load_policy(name, pool[name], dev)
         # a CPU generator: the same draws whatever the device
         gen = torch.Generator().manual_seed(_stable_seed(seed, "sample", name))
-        samples[name] = _generate_texts(
-            model, tokenizer, prompts, max_new_tokens, temperature, gen, batch_size
-        )
+        samples[name] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            samples[name] += _generate_texts(
+                model, tokenizer, chunk, max_new_tokens, temperature, gen, batch_size
+            )
+            bar.update(len(chunk))
         del model
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+    bar.close()
     t_sample = time.perf_counter() - t0
 
     # 3-4. Each unordered pair once; the transpose is filled by M[c, r] = 1 - M[r, c].
