@@ -1,0 +1,472 @@
+"""Benchmark: nlhf's Nash-MD-PG trainer vs trl 1.13.0's NashMDTrainer, and mixture sampling cost.
+
+Munos et al. 2024, §6 (Nash-MD-PG). Both trainers get the same models (a GPT-2-shaped policy,
+4 layers x 256 wide, built from a config, and a reward model of the same shape used through
+Bradley-Terry as the judge), the same prompts, batch 16, 64 new tokens, temperature 1, AdamW.
+What is measured, in one invocation, alternating between the two in every round (each run in
+its own subprocess so that peak memory is its own):
+
+1. seconds per training step (median over rounds x steps, the first step of a run excluded);
+2. peak memory: CPU peak RSS of the worker process, and the increase over the RSS before
+   training started (on CUDA: ``torch.cuda.max_memory_allocated``);
+3. mixture sampling time / plain policy sampling time for ``nlhf.sampling.generate`` (one KV
+   cache per model), and the same ratio for trl's ``GeometricMixtureWrapper`` (no cache).
+
+trl is NOT a dependency of nlhf. Run this in a separate environment that has it, e.g.
+
+    python3 -m venv .bench-venv
+    .bench-venv/bin/pip install torch==2.13.0          # first, pinned
+    .bench-venv/bin/pip install trl==1.13.0 requests
+    .bench-venv/bin/pip install -e .
+    .bench-venv/bin/python benchmarks/bench_policy.py --out runs/bench_policy.json
+
+Without trl the benchmark still runs (nlhf only) and the JSON says why trl is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BATCH = 16
+NEW_TOKENS = 64
+
+
+def _threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # pragma: no cover
+        return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+# ------------------------------------------------------------------------------ set-up
+
+
+def build(workdir: Path, vocab_size: int, prompt_tokens: int, seed: int) -> dict:
+    """Tokenizer, policy and reward model from configs (no download), prompts; saved to disk."""
+    import random
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from nlhf.models import RewardModel, random_backbone
+    from nlhf.models.tokenizer import build_tokenizer
+
+    rng = random.Random(seed)
+    # corpus: the Python sources of the installed packages, a realistic local text source
+    import transformers
+
+    files = sorted(Path(transformers.__file__).parent.rglob("*.py"))[:400]
+    corpus = [f.read_text(errors="ignore") for f in files]
+    tok = build_tokenizer(corpus, kind="bpe", vocab_size=vocab_size)
+    words = " ".join(corpus[:50]).split()
+    prompts = []
+    for _ in range(64):
+        start = rng.randrange(len(words) - 200)
+        ids = tok(" ".join(words[start : start + 200]), add_special_tokens=False)["input_ids"]
+        prompts.append("<bos>" + tok.decode(ids[: prompt_tokens - 1]))
+    torch.manual_seed(seed)
+    shape = dict(n_layer=4, n_embd=256, n_head=4, n_positions=256)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **shape,
+    )
+    policy = GPT2LMHeadModel(config)
+    policy.save_pretrained(workdir / "policy")
+    tok.save_pretrained(workdir / "policy")
+    reward = RewardModel(random_backbone({"model_type": "gpt2", **shape}, tok), tok)
+    reward.save_pretrained(workdir / "reward")
+    (workdir / "prompts.json").write_text(json.dumps(prompts))
+    return {
+        "vocab_size": len(tok),
+        "policy_parameters": sum(p.numel() for p in policy.parameters()),
+        "prompt_tokens": prompt_tokens,
+        **shape,
+    }
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def worker_nlhf(args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nlhf.models import load_judge
+    from nlhf.train.policy import PolicyTrainConfig, train_policy
+
+    _threads(args.threads)
+    device = _device(args.device)
+    wd = Path(args.workdir)
+    policy = AutoModelForCausalLM.from_pretrained(wd / "policy")
+    tok = AutoTokenizer.from_pretrained(wd / "policy")
+    judge = load_judge(wd / "reward", device=device, batch_size=BATCH)
+    prompts = json.loads((wd / "prompts.json").read_text())
+    cfg = PolicyTrainConfig(
+        output_dir=str(wd / "out-nlhf"),
+        steps=args.steps,
+        batch_size=BATCH,
+        max_new_tokens=NEW_TOKENS,
+        temperature=1.0,
+        alternative="mixture",
+        beta=args.beta,
+        tau=args.tau,
+        lr=1e-5,
+        max_grad_norm=0.0,
+        checkpoint_every=0,
+        progress=False,
+        cpu=device == "cpu",
+        seed=args.seed,
+    )
+    stamps, lengths = [], []
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = _rss_mb()
+
+    def on_step(step, model, record):
+        stamps.append(time.perf_counter())
+        lengths.append(record["policy/length"])
+
+    start = time.perf_counter()
+    train_policy(
+        cfg, prompts=prompts, judge=judge, policy_model=policy, tokenizer=tok, callback=on_step
+    )
+    times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
+    return {
+        "step_seconds": times,
+        "mean_response_tokens": statistics.mean(lengths),
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_before_training_mb": rss0,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+    }
+
+
+def worker_trl(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+    )
+    from trl.experimental.nash_md import NashMDConfig, NashMDTrainer
+
+    _threads(args.threads)
+    device = _device(args.device)
+    wd = Path(args.workdir)
+    policy = AutoModelForCausalLM.from_pretrained(wd / "policy")
+    reference = AutoModelForCausalLM.from_pretrained(wd / "policy")
+    reward = AutoModelForSequenceClassification.from_pretrained(wd / "reward", num_labels=1)
+    tok = AutoTokenizer.from_pretrained(wd / "policy")
+    prompts = json.loads((wd / "prompts.json").read_text())
+    config = NashMDConfig(
+        output_dir=str(wd / "out-trl"),
+        per_device_train_batch_size=BATCH,
+        max_new_tokens=NEW_TOKENS,
+        temperature=1.0,
+        mixture_coef=[args.beta],
+        beta=[args.tau],
+        learning_rate=1e-5,
+        max_grad_norm=0.0,
+        max_steps=args.steps,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=device == "cpu",
+        seed=args.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    trainer = NashMDTrainer(
+        model=policy,
+        ref_model=reference,
+        reward_funcs=reward,
+        args=config,
+        processing_class=tok,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        callbacks=[Stamp()],
+    )
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = _rss_mb()
+    start = time.perf_counter()
+    trainer.train()
+    times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
+    return {
+        "step_seconds": times,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_before_training_mb": rss0,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+    }
+
+
+def worker_sampling(args) -> dict:
+    """Mixture vs plain sampling, alternating, same batch; nlhf (KV caches) and trl (no cache)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from nlhf.sampling import generate
+
+    _threads(args.threads)
+    device = _device(args.device)
+    wd = Path(args.workdir)
+    policy = AutoModelForCausalLM.from_pretrained(wd / "policy").to(device).eval()
+    reference = AutoModelForCausalLM.from_pretrained(wd / "policy").to(device).eval()
+    tok = AutoTokenizer.from_pretrained(wd / "policy")
+    prompts = json.loads((wd / "prompts.json").read_text())[:BATCH]
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn):
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        return time.perf_counter() - t, out
+
+    plain, mixture, lengths = [], [], []
+    kw = dict(max_new_tokens=NEW_TOKENS, generator=gen)
+    generate(policy, tok, prompts, **kw)  # warm-up
+    for _ in range(args.sampling_repeats):
+        t, s = timed(lambda: generate(policy, tok, prompts, **kw))
+        plain.append(t)
+        lengths.append(float(s.lengths.float().mean()))
+        t, s = timed(
+            lambda: generate(policy, tok, prompts, reference=reference, beta=args.beta, **kw)
+        )
+        mixture.append(t)
+        lengths.append(float(s.lengths.float().mean()))
+    result = {
+        "nlhf": {
+            "plain_seconds": statistics.median(plain),
+            "mixture_seconds": statistics.median(mixture),
+            "ratio": statistics.median(mixture) / statistics.median(plain),
+            "mean_response_tokens": statistics.mean(lengths),
+        }
+    }
+    if importlib.util.find_spec("trl") is not None:
+        from trl.experimental.nash_md.nash_md_trainer import GeometricMixtureWrapper
+
+        enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+        gc = GenerationConfig(
+            max_new_tokens=NEW_TOKENS,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        wrapper = GeometricMixtureWrapper(
+            policy, reference, gc, mixture_coef=args.beta, device=device
+        )
+        plain_t, mix_t = [], []
+        for _ in range(max(2, args.sampling_repeats // 2)):
+            t, _ = timed(lambda: policy.generate(**enc, generation_config=gc))
+            plain_t.append(t)
+            with torch.no_grad():
+                t, _ = timed(lambda: wrapper.generate(**enc, generation_config=gc))
+            mix_t.append(t)
+        result["trl"] = {
+            "plain_seconds": statistics.median(plain_t),
+            "mixture_seconds": statistics.median(mix_t),
+            "ratio": statistics.median(mix_t) / statistics.median(plain_t),
+        }
+    return result
+
+
+WORKERS = {"nlhf": worker_nlhf, "trl": worker_trl, "sampling": worker_sampling}
+
+
+# ------------------------------------------------------------------------------ driver
+
+
+def run_worker(kind: str, args, workdir: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--workdir", str(workdir)]
+    cmd += ["--steps", str(args.steps), "--device", args.device, "--seed", str(args.seed)]
+    cmd += ["--beta", str(args.beta), "--tau", str(args.tau)]
+    cmd += ["--sampling-repeats", str(args.sampling_repeats)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    result_file = workdir / f"result-{kind}.json"
+    cmd += ["--result", str(result_file)]
+    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout)[-3000:]
+        raise RuntimeError(f"{kind} worker failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(result_file.read_text())
+
+
+def summarize(runs: list[dict]) -> dict:
+    steps = [t for r in runs for t in r["step_seconds"][1:]]  # drop each run's first step
+    out = {
+        "seconds_per_step_median": statistics.median(steps),
+        "seconds_per_step_mean": statistics.mean(steps),
+        "seconds_per_step_min": min(steps),
+        "steps_measured": len(steps),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "peak_rss_increase_mb": max(r["peak_rss_mb"] - r["rss_before_training_mb"] for r in runs),
+    }
+    cuda = [r["cuda_peak_mb"] for r in runs if r.get("cuda_peak_mb") is not None]
+    if cuda:
+        out["cuda_peak_mb"] = max(cuda)
+    if "mean_response_tokens" in runs[0]:
+        out["mean_response_tokens"] = statistics.mean(r["mean_response_tokens"] for r in runs)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_policy.json"))
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--steps", type=int, default=4, help="training steps per run")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--beta", type=float, default=0.125, help="mixture coefficient")
+    parser.add_argument("--tau", type=float, default=0.1, help="KL coefficient (trl: beta)")
+    parser.add_argument("--sampling-repeats", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        result = WORKERS[args.worker](args)
+        Path(args.result).write_text(json.dumps(result))
+        return 0
+
+    import torch
+    import transformers
+
+    trl_version, trl_reason = None, None
+    if args.skip_trl:
+        trl_reason = "--skip-trl given"
+    elif importlib.util.find_spec("trl") is None:
+        trl_reason = "trl is not installed in this environment (see the module docstring)"
+    else:
+        import trl
+
+        trl_version = trl.__version__
+    with tempfile.TemporaryDirectory(prefix="nlhf-bench-") as tmp:
+        workdir = Path(tmp)
+        setup = build(workdir, args.vocab_size, args.prompt_tokens, args.seed)
+        print(f"[bench] models built: {setup}", file=sys.stderr)
+        runs: dict[str, list[dict]] = {"nlhf": [], "trl": []}
+        errors: dict[str, str] = {}
+        sampling = []
+        for r in range(args.rounds):
+            for kind in ("nlhf", "trl"):
+                if kind == "trl" and (trl_version is None or "trl" in errors):
+                    continue
+                try:
+                    runs[kind].append(run_worker(kind, args, workdir))
+                    last = runs[kind][-1]["step_seconds"]
+                    print(
+                        f"[bench] round {r} {kind}: {[round(t, 3) for t in last]}", file=sys.stderr
+                    )
+                except RuntimeError as err:
+                    errors[kind] = str(err)
+                    print(f"[bench] {err}", file=sys.stderr)
+            sampling.append(run_worker("sampling", args, workdir))
+    result = {
+        "benchmark": "policy training step: nlhf Nash-MD-PG vs trl NashMDTrainer",
+        "setup": {
+            **setup,
+            "batch_size": BATCH,
+            "max_new_tokens": NEW_TOKENS,
+            "beta (mixture)": args.beta,
+            "tau (KL)": args.tau,
+            "rounds": args.rounds,
+            "steps_per_run": args.steps,
+            "device": _device(args.device),
+            "threads": args.threads or torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl_version,
+        },
+        "nlhf": summarize(runs["nlhf"]) if runs["nlhf"] else {"error": errors.get("nlhf")},
+    }
+    if trl_version is None:
+        result["trl"] = {"available": False, "reason": trl_reason}
+    elif runs["trl"]:
+        result["trl"] = summarize(runs["trl"])
+        result["speedup_trl_over_nlhf"] = (
+            result["trl"]["seconds_per_step_median"] / result["nlhf"]["seconds_per_step_median"]
+        )
+    else:
+        result["trl"] = {"available": True, "error": errors.get("trl")}
+    result["sampling"] = {
+        "nlhf_mixture_over_plain": statistics.median(s["nlhf"]["ratio"] for s in sampling),
+        "nlhf_plain_seconds": statistics.median(s["nlhf"]["plain_seconds"] for s in sampling),
+        "nlhf_mixture_seconds": statistics.median(s["nlhf"]["mixture_seconds"] for s in sampling),
+        "mean_response_tokens": statistics.mean(
+            s["nlhf"]["mean_response_tokens"] for s in sampling
+        ),
+    }
+    if all("trl" in s for s in sampling):
+        result["sampling"]["trl_mixture_over_plain"] = statistics.median(
+            s["trl"]["ratio"] for s in sampling
+        )
+        result["sampling"]["trl_mixture_seconds"] = statistics.median(
+            s["trl"]["mixture_seconds"] for s in sampling
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
