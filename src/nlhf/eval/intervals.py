@@ -74,8 +74,13 @@ def bootstrap_interval(
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     mean = float(x.mean())
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_resamples, x.size))  # (R, N)
-    means = x[idx].mean(axis=1)  # (R,)
+    chunk = max(1, 2_000_000 // x.size)  # resamples per block: bounded memory for large N
+    means = np.concatenate(
+        [
+            x[rng.integers(0, x.size, size=(min(chunk, n_resamples - i), x.size))].mean(axis=1)
+            for i in range(0, n_resamples, chunk)
+        ]
+    )  # (R,)
     alpha = 1.0 - confidence
     lower, upper = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return min(float(lower), mean), max(float(upper), mean)
