@@ -135,8 +135,6 @@ class PolicyTrainConfig:
     """LoRA rank"""
     lora_alpha: float = 16.0
     """LoRA alpha"""
-    lora_dropout: float = 0.0
-    """LoRA dropout (dropout is off while sampling and scoring; kept for completeness)"""
     lora_target_modules: list[str] = field(default_factory=list)
     """modules to adapt (default: PEFT's choice for the architecture)"""
     checkpoint_every: int = 50
@@ -478,7 +476,7 @@ def train_policy(
             task_type="CAUSAL_LM",
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
+            lora_dropout=0.0,  # dropout stays off: the gradient is of the sampled policy
             target_modules=list(cfg.lora_target_modules) or None,
         )
         policy = get_peft_model(policy, lora)
