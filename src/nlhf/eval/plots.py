@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 # Metrics shown first when present; the rest follow alphabetically.
 PREFERRED_METRICS = (
@@ -211,10 +212,12 @@ def plot_style_distribution(
     colors = plt.get_cmap("Set2")
     y = np.arange(K + 1)[::-1]  # Nash on top
     left = np.zeros(K + 1)
+    handles = []
     for s, style in enumerate(styles):
         width = rows[:, s]
         color = "0.75" if style == "none" else colors(s % 8)
-        bars = ax.barh(y, width, left=left, color=color, edgecolor="white", label=style)
+        bars = ax.barh(y, width, left=left, color=color, edgecolor="white")
+        handles.append(Patch(facecolor=color, label=style))
         bars[0].set_edgecolor("black")
         bars[0].set_linewidth(1.2)
         for k in range(K + 1):
@@ -231,7 +234,7 @@ def plot_style_distribution(
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of responses")
     ax.set_title(title, fontsize=10, pad=24)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=S, frameon=False)
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=S, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
 
