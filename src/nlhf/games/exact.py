@@ -226,6 +226,7 @@ def _newton_krylov(
     max_gmres: int,
     trace_tau: float | None,
     start: float,
+    state: dict,
 ) -> tuple[np.ndarray, float]:
     """Inexact Newton-Krylov on ``F(z) = z - log mu - P softmax(z) / tau`` for one context.
 
@@ -234,9 +235,12 @@ def _newton_krylov(
     """
     ones = np.ones(1)
 
+    # loose stages may evaluate with the float32 copy (its rounding, ~1e-7, is far below tol)
+    P_eval = state["P_jac"] if tol >= 1e-6 else P
+
     def evaluate(z):
         s = _softmax(z)
-        v = P @ s  # (n,) P(y > s)
+        v = (P_eval @ s.astype(P_eval.dtype)).astype(np.float64)  # (n,) P(y > s)
         info.matvecs += 1
         return s, v, z - log_mu - v / tau
 
@@ -246,7 +250,7 @@ def _newton_krylov(
     s, v, F = evaluate(z)
     gap = gap_of(z, v, tau)
     merit = 0.5 * float(F @ F)
-    preconditioner = None
+    preconditioner = state.get("preconditioner") if state.get("reuse") else None
     use_preconditioner = tau < precondition_below
     extra = 0
     for _ in range(max_steps):
@@ -257,12 +261,8 @@ def _newton_krylov(
         if use_preconditioner and preconditioner is None:
             preconditioner = _HeavyBlockPreconditioner(P, s, v, tau, heavy_c, info)
 
-        def jacobian_times(d, s=s, v=v):
-            w = s * d
-            info.matvecs += 1
-            return d - (P @ w - v * w.sum()) / tau
-
-        rtol = min(0.1, max(float(np.sqrt(2 * merit)), 1e-14))
+        jacobian_times = _jacobian(state["P_jac"], s, v, tau, info)
+        rtol = min(0.1, max(float(np.sqrt(2 * merit)), 1e-14))  # forcing term
         d, iterations, _res = _gmres(
             jacobian_times, -F, preconditioner or _identity, rtol, max_gmres
         )
@@ -280,11 +280,41 @@ def _newton_krylov(
         else:  # no decrease possible at float64 precision
             break
         z, s, v, F, merit = z + t * d, s_new, v_new, F_new, merit_new
+        state["preconditioner"] = preconditioner
         gap = gap_of(z, v, tau)
         if trace_tau is not None:
             traced = gap if trace_tau == tau else gap_of(z, v, trace_tau)
             info.trace.append((time.perf_counter() - start, info.matvecs, traced))
+    state["s"], state["v"] = s, v
     return z, gap
+
+
+def _jacobian(P_jac: np.ndarray, s: np.ndarray, v: np.ndarray, tau: float, info: SolveInfo):
+    """``d -> J d = d - (P (s * d) - v (s . d)) / tau``; ``P_jac`` may be a float32 copy of ``P``
+    (mixed precision: Newton only needs the products to GMRES' relative tolerance)."""
+
+    def jacobian_times(d: np.ndarray) -> np.ndarray:
+        w = s * d
+        info.matvecs += 1
+        return d - (P_jac @ w.astype(P_jac.dtype) - v * w.sum()) / tau
+
+    return jacobian_times
+
+
+def _tangent(P, s, v, tau, info: SolveInfo, state: dict) -> np.ndarray:
+    """``dv/dtau`` along the path of equilibria at ``(s, v = P s, tau)``.
+
+    Differentiating ``v = P softmax(log mu + v / tau)`` gives
+    ``J dv/dtau = -P (diag(s) - s s^T) v / tau^2`` (one mat-vec and one GMRES solve).
+    """
+    Dv = s * v - s * (s @ v)
+    rhs = -(P @ Dv) / tau**2
+    info.matvecs += 1
+    jacobian_times = _jacobian(state["P_jac"], s, v, tau, info)
+    preconditioner = state.get("preconditioner") or _identity
+    dv, iterations, _ = _gmres(jacobian_times, rhs, preconditioner, 1e-2, 30)
+    info.gmres_iterations += iterations
+    return dv
 
 
 def solve_regularized(
@@ -292,15 +322,18 @@ def solve_regularized(
     tol: float = 1e-12,
     *,
     init: np.ndarray | None = None,
-    max_steps: int = 100,
+    max_steps: int = 40,
     stage_steps: int = 15,
-    tau_start: float = 0.05,
-    tau_factor: float = 0.25,
+    tau_start: float = 0.01,
+    tau_factor: float = 0.3,
     polish: bool = True,
     precondition_below: float = 0.01,
     heavy_c: float = 3.0,
     refactor_iterations: int = 15,
     max_gmres: int = 60,
+    reuse_preconditioner: bool = True,
+    predictor: bool = True,
+    mixed_precision: bool = True,
     return_info: bool = False,
 ):
     """The regularised equilibrium ``pi*_tau`` to duality gap ``<= tol`` (Newton-Krylov, float64).
@@ -309,7 +342,8 @@ def solve_regularized(
         game: the game; ``game.tau`` must be > 0.
         tol: duality gap ``max_pi' P_tau(pi' > pi) - 1/2`` to reach (per context).
         init: optional starting policy (game's policy shape); skips the continuation in ``tau``.
-        max_steps: Newton steps of the first (and of an ``init``-started) stage at most.
+        max_steps: Newton steps of the first (and of an ``init``-started) stage at most; if
+            the first stage fails, it is retried at ten times the ``tau``.
         stage_steps: Newton steps per later continuation stage; a stage that needs more is
             retried from the previous stage's solution with half the step in ``log tau``.
         tau_start: continuation starts at ``max(game.tau, tau_start)``.
@@ -321,6 +355,12 @@ def solve_regularized(
         heavy_c: responses with ``s_y > heavy_c * tau / sqrt(n)`` enter the LU block.
         refactor_iterations: rebuild the preconditioner after a GMRES solve that needed more.
         max_gmres: GMRES iterations per Newton step at most.
+        reuse_preconditioner: carry the preconditioner into the next continuation stage (it is
+            rebuilt only when GMRES gets slow).
+        predictor: start each continuation stage from the tangent (first-order) prediction
+            ``v(tau') = v(tau) + (tau' - tau) dv/dtau`` instead of the previous ``v``.
+        mixed_precision: Jacobian-vector products inside GMRES use a float32 copy of ``P``
+            (for ``n >= 256``); residuals, gaps and the result stay float64.
         return_info: also return a :class:`SolveInfo`.
 
     Returns:
@@ -348,11 +388,19 @@ def solve_regularized(
     for c in range(game.n_contexts):
         P, log_mu = game.P3[c], game.log_mu3[c]
         pi, t_done, t, factor = pi3[c], None, first_tau, tau_factor
+        anchor_v = anchor_dv = None  # v and dv/dtau at the last solved stage
+        state = {"reuse": reuse_preconditioner, "P_jac": P}
+        if mixed_precision and game.n >= 256:
+            state["P_jac"] = P.astype(np.float32)
         while True:
             last = t == tau
             stage_tol = tol if last else max(1e-3 * t, tol)
-            z = log_mu + (P @ pi) / t  # one fixed-point step into the stage's logits
-            info.matvecs += 1
+            if anchor_dv is not None:  # first-order predictor along the path
+                v_start = anchor_v + (t - t_done) * anchor_dv
+            else:
+                v_start = P @ pi  # a fixed-point step into the stage's logits
+                info.matvecs += 1
+            z = log_mu + v_start / t
             z, gap = _newton_krylov(
                 P,
                 log_mu,
@@ -363,16 +411,22 @@ def solve_regularized(
                 max_steps=max_steps if t_done is None else stage_steps,
                 polish=int(last and polish),
                 trace_tau=tau if c == 0 else None,
+                state=state,
                 **newton_options,
             )
             if gap <= stage_tol:  # stage solved: move on (and lengthen the next step again)
                 pi, t_done = _softmax(z), t
                 if last:
                     break
+                if predictor:
+                    anchor_v = state["v"]  # the last solved stage: predictions start here
+                    anchor_dv = _tangent(P, state["s"], anchor_v, t, info, state)
                 factor = min(tau_factor, factor**0.5) if factor < tau_factor else factor
                 t = max(tau, t * factor)
-            elif t_done is None:
-                break  # the first stage failed: give up (reported below)
+            elif t_done is None:  # the first stage failed: start from a larger tau
+                if t >= 1e3:
+                    break  # give up (reported below)
+                t = min(t * 10.0, 1e3)
             else:  # too far from the previous stage's solution: halve the step in log tau
                 factor = (t / t_done) ** 0.5
                 if factor > 0.999:
