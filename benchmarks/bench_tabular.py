@@ -47,11 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eta-grid",
         type=float,
         nargs="+",
-        default=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+        default=[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
         help="extragradient steps tried when tuning",
     )
     parser.add_argument(
-        "--tune-iterations", type=int, default=150, help="extragradient iterations per tuning run"
+        "--tune-iterations", type=int, default=100, help="extragradient iterations per tuning run"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small sizes and caps (smoke test)")
@@ -193,7 +193,8 @@ def bench_newton(game) -> dict:
         else:
             targets[key] = {"reached": True, "seconds": hit[0], "matvecs": hit[1]}
     return {
-        "method": "Newton-Krylov, heavy-block LU preconditioner, continuation in tau",
+        "method": "Newton-Krylov (GMRES, heavy-block float32 LU preconditioner), continuation "
+        "in tau with a tangent predictor",
         "targets": targets,
         "seconds_to_1e-12": info.seconds,
         "final_gap": info.gap,
