@@ -27,12 +27,16 @@ Because ``P = 1/2 11^T + A`` with ``A`` antisymmetric, ``J = I - A (diag(s) - s 
 3. backtracking (Armijo) line search on ``|F|^2 / 2``, then ``z <- z + t d``.
 
 Small ``tau`` is reached by continuation: solve at ``tau_0 = max(tau, tau_start)``, then shrink
-``tau`` by ``tau_factor`` per stage, warm-starting each stage from the previous policy (``z = log
-mu + P pi / tau``), until the requested ``tau``; only the last stage runs to ``tol``. A stage
-that does not converge within ``stage_steps`` Newton steps is retried with half the step in
-``log tau`` (adaptive path following). With a dense
-random ``P``, n = 4096 and tau = 0.001 this takes about a dozen Newton steps, about 100 mat-vecs
-and three LU factorisations of about 2000 x 2000 (see ``benchmarks/bench_tabular.py``).
+``tau`` by ``tau_factor`` per stage until the requested ``tau``; only the last stage runs to
+``tol``. Each stage starts from the tangent prediction ``v(tau') = v(tau) + (tau' - tau)
+dv/dtau`` (``J dv/dtau = -P (diag(s) - s s^T) v / tau^2``: one more GMRES solve), with ``z = log
+mu + v / tau'``; the preconditioner is carried over. A stage that does not converge within
+``stage_steps`` Newton steps is retried with half the step in ``log tau`` (adaptive path
+following). Jacobian products inside GMRES, and the residuals of the loose intermediate stages,
+use a float32 copy of ``P`` (half the memory traffic); the final stage's residuals and gaps are
+float64. With a dense random ``P``, n = 4096 and tau = 0.001 this takes about ten Newton
+steps, about 100 mat-vecs and two LU factorisations of about 2000 x 2000 (see
+``benchmarks/bench_tabular.py``).
 """
 
 from __future__ import annotations
@@ -227,6 +231,7 @@ def _newton_krylov(
     trace_tau: float | None,
     start: float,
     state: dict,
+    intermediate: bool,
 ) -> tuple[np.ndarray, float]:
     """Inexact Newton-Krylov on ``F(z) = z - log mu - P softmax(z) / tau`` for one context.
 
@@ -235,8 +240,8 @@ def _newton_krylov(
     """
     ones = np.ones(1)
 
-    # loose stages may evaluate with the float32 copy (its rounding, ~1e-7, is far below tol)
-    P_eval = state["P_jac"] if tol >= 1e-6 else P
+    # intermediate stages may evaluate with the float32 copy (rounding ~1e-7, far below tol)
+    P_eval = state["P_jac"] if intermediate and tol >= 1e-6 else P
 
     def evaluate(z):
         s = _softmax(z)
@@ -412,6 +417,7 @@ def solve_regularized(
                 polish=int(last and polish),
                 trace_tau=tau if c == 0 else None,
                 state=state,
+                intermediate=not last,
                 **newton_options,
             )
             if gap <= stage_tol:  # stage solved: move on (and lengthen the next step again)
