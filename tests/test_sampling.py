@@ -13,6 +13,7 @@ from nlhf.models.tokenizer import build_tokenizer
 from nlhf.sampling import (
     EMAPolicy,
     generate,
+    generate_pair,
     mix_log_probs,
     mixture_token_logprobs,
     token_logprobs,
@@ -258,3 +259,27 @@ def test_mix_log_probs_is_the_normalised_geometric_mixture():
         assert torch.allclose(mixed.exp(), expected, atol=1e-6)
         same = mix_log_probs([a, a], [1 - beta, beta])
         assert torch.allclose(same, torch.log_softmax(a, -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.0, 1.0, "ema"])
+def test_generate_pair_samples_policy_and_alternative_exactly(tok, beta):
+    pi, mu = make_lm(tok, 0, spread=0.3), make_lm(tok, 1, spread=0.3)
+    ema = EMAPolicy(make_lm(tok, 2, spread=0.3), decay=0.9) if beta == "ema" else None
+    y, y_alt = generate_pair(
+        pi,
+        tok,
+        PROMPTS * 3,
+        max_new_tokens=10,
+        reference=mu,
+        beta=0.0 if ema else beta,
+        alternative=ema,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert len(y.texts) == len(y_alt.texts) == len(PROMPTS) * 3
+    assert (mixture_token_logprobs(pi, None, 0.0, y) - y.logprobs).abs().max() < 1e-5
+    if ema is not None:
+        expected = mixture_token_logprobs(ema, None, 0.0, y_alt)
+    else:
+        expected = mixture_token_logprobs(pi, mu, beta, y_alt)
+    assert (expected - y_alt.logprobs).abs().max() < 1e-5
+    assert not torch.equal(y.response_ids, y_alt.response_ids)  # independent samples

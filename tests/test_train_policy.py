@@ -369,3 +369,13 @@ def test_nlhf_train_command_end_to_end(tmp_path, tok):
     # bad input: one line, exit 2
     assert cli_main(args + ["--beta", "2"]) == 2
     assert cli_main(args + ["--prompts", str(tmp_path / "none.txt")]) == 2
+
+
+def test_bf16_mixed_precision_then_full_precision_in_one_process(tmp_path, tok):
+    for precision in ("bf16", "no"):  # accelerate's process-wide state is reset between runs
+        cfg = base_cfg(tmp_path, steps=2, mixed_precision=precision)
+        out = train_policy(
+            cfg, prompts=PROMPTS, judge=count_judge(), policy_model=make_lm(tok), tokenizer=tok
+        )
+        rows = read_metrics(out / "metrics.jsonl")
+        assert len(rows) == 2 and all(abs(r["loss/total"]) < 1e3 for r in rows)

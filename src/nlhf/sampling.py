@@ -39,6 +39,7 @@ import torch.nn.functional as F
 __all__ = [
     "Samples",
     "generate",
+    "generate_pair",
     "encode_prompts",
     "left_pad",
     "token_logprobs",
@@ -109,8 +110,12 @@ class EMAPolicy(torch.nn.Module):
             raise ValueError(f"ema_decay must be in [0, 1], got {decay}")
         self.decay = float(decay)
         self.model = copy.deepcopy(policy)
-        self.model.eval()
         self.model.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> EMAPolicy:
+        """An EMA policy is never trained: it stays in eval mode (dropout off)."""
+        return super().train(False)
 
     @property
     def config(self):
@@ -303,29 +308,120 @@ def generate(
     in eval mode (dropout off) and restored to their previous mode afterwards.
     ``prompt_token_ids`` (optional) are the prompts already tokenized, to skip re-encoding.
     """
+    _check_beta(beta, reference)
+    runs = _models_for(policy, reference, beta)  # [(model, weight)]
+    plan = _Plan(
+        copies=1,
+        runs=[(m, 0, 1) for m, _ in runs],
+        groups=[[(k, w) for k, (_, w) in enumerate(runs)]],
+    )
+    (samples,) = _generate(
+        plan, tokenizer, prompts, max_new_tokens, temperature, generator, batch_size, top_k,
+        top_p, prompt_token_ids,
+    )  # fmt: skip
+    return samples
+
+
+@torch.no_grad()
+def generate_pair(
+    policy: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    reference: torch.nn.Module | None = None,
+    beta: float = 0.0,
+    alternative: torch.nn.Module | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    prompt_token_ids: Sequence[Sequence[int]] | None = None,
+) -> tuple[Samples, Samples]:
+    """``y ~ policy`` and ``y' ~`` the alternative for every prompt, sampled in one loop.
+
+    The alternative is ``alternative`` (another model, e.g. an :class:`EMAPolicy`) if given,
+    else the token-level mixture of ``policy`` and ``reference`` with weight ``beta``. The policy
+    runs ONE incremental forward per token on the rows of both samples that need it (2B rows
+    for a mixture with ``beta < 1``), the reference one on the B rows of ``y'``: 2 forwards per
+    token instead of 3 for Nash-MD-PG, 1 instead of 2 for self-play. Each sample has the same
+    distribution as a separate :func:`generate` call (the random stream differs).
+    """
+    if alternative is not None:
+        runs = [(policy, 0, 1), (alternative, 1, 2)]
+        plan = _Plan(copies=2, runs=runs, groups=[[(0, 1.0)], [(1, 1.0)]])
+    else:
+        _check_beta(beta, reference)
+        if beta == 1.0:  # best response to mu: the policy is not needed for y'
+            runs = [(policy, 0, 1), (reference, 1, 2)]
+            plan = _Plan(copies=2, runs=runs, groups=[[(0, 1.0)], [(1, 1.0)]])
+        elif beta == 0.0:  # self-play: both samples from the policy, one batched forward
+            plan = _Plan(copies=2, runs=[(policy, 0, 2)], groups=[[(0, 1.0)], [(0, 1.0)]])
+        else:
+            runs = [(policy, 0, 2), (reference, 1, 2)]
+            groups = [[(0, 1.0)], [(0, 1.0 - beta), (1, beta)]]
+            plan = _Plan(copies=2, runs=runs, groups=groups)
+        _check_vocab([m for m, _, _ in plan.runs])
+    y, y_alt = _generate(
+        plan, tokenizer, prompts, max_new_tokens, temperature, generator, batch_size, top_k,
+        top_p, prompt_token_ids,
+    )  # fmt: skip
+    return y, y_alt
+
+
+@dataclass
+class _Plan:
+    """Which model runs on which rows, and how the rows' next-token distributions are mixed.
+
+    The prompt batch (b rows) is repeated ``copies`` times. ``runs[k] = (model, c0, c1)``: the
+    model runs (with its own KV cache) on copies c0..c1-1. ``groups[c]`` lists ``(run, weight)``
+    pairs whose tempered log-probs are mixed for copy c.
+    """
+
+    copies: int
+    runs: list[tuple[torch.nn.Module, int, int]]
+    groups: list[list[tuple[int, float]]]
+
+
+def _check_beta(beta: float, reference) -> None:
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if beta > 0 and reference is None:
         raise ValueError(f"beta = {beta} mixes in the reference, but no reference was given")
-    if len(prompts) == 0:
-        raise ValueError("generate: the prompt list is empty")
+
+
+def _models_for(policy, reference, beta: float) -> list[tuple[torch.nn.Module, float]]:
+    """The models with non-zero weight (beta = 0 / 1 never run the other model)."""
     models: list[tuple[torch.nn.Module, float]] = []
     if beta < 1.0:
         models.append((policy, 1.0 - beta))
     if beta > 0.0:
         models.append((reference, beta))
-    if len(models) == 2:
-        v_pi, v_mu = (m.config.vocab_size for m, _ in models)
-        if v_pi != v_mu:
-            raise ValueError(
-                f"the reference's vocabulary size {v_mu} differs from the policy's {v_pi}; "
-                "the token-level mixture needs the same vocabulary"
-            )
+    _check_vocab([m for m, _ in models])
+    return models
 
+
+def _check_vocab(models: Sequence[torch.nn.Module]) -> None:
+    sizes = [m.config.vocab_size for m in models]
+    if len(set(sizes)) > 1:
+        raise ValueError(
+            f"the reference's vocabulary size {sizes[-1]} differs from the policy's {sizes[0]}; "
+            "the token-level mixture needs the same vocabulary"
+        )
+
+
+def _generate(
+    plan, tokenizer, prompts, max_new_tokens, temperature, generator, batch_size, top_k, top_p,
+    prompt_token_ids,
+) -> list[Samples]:  # fmt: skip
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got a single string")
+    if len(prompts) == 0:
+        raise ValueError("generate: the prompt list is empty")
     if prompt_token_ids is None:
         encoded = encode_prompts(tokenizer, prompts)
     else:
@@ -333,19 +429,19 @@ def generate(
             raise ValueError(f"{len(prompt_token_ids)} prompt_token_ids for {len(prompts)} prompts")
         encoded = [list(ids) for ids in prompt_token_ids]
     batch_size = batch_size or len(encoded)
+    # parts[i][c]: the tensors of chunk i, copy c
     parts = [
         _generate_batch(
-            models,
-            tokenizer,
-            encoded[i : i + batch_size],
-            max_new_tokens,
-            temperature,
-            generator,
-            top_k,
-            top_p,
+            plan, tokenizer, encoded[i : i + batch_size], max_new_tokens, temperature, generator,
+            top_k, top_p,
         )
         for i in range(0, len(encoded), batch_size)
-    ]
+    ]  # fmt: skip
+    return [_assemble([p[c] for p in parts], tokenizer, list(prompts)) for c in range(plan.copies)]
+
+
+def _assemble(parts, tokenizer, prompts: list[str]) -> Samples:
+    """Concatenate per-chunk tensors (padding to common widths) and decode."""
     pad_id = _pad_id(tokenizer)
     width_p = max(p[0].shape[1] for p in parts)
     width_t = max(p[2].shape[1] for p in parts)
@@ -355,77 +451,85 @@ def generate(
         for p in parts:
             t = p[index]
             extra = width - t.shape[1]
-            pad = (extra, 0) if left else (0, extra)
-            tensors.append(F.pad(t, pad, value=fill))
+            tensors.append(F.pad(t, (extra, 0) if left else (0, extra), value=fill))
         return torch.cat(tensors)
 
-    prompt_ids = cat(0, width_p, pad_id, left=True)
-    prompt_mask = cat(1, width_p, 0, left=True)
     response_ids = cat(2, width_t, pad_id, left=False)
     response_mask = cat(3, width_t, 0, left=False)
-    logprobs = cat(4, width_t, 0.0, left=False)
-    ended = torch.cat([p[5] for p in parts])
     kept = [
         [t for t, keep in zip(row, keep_row) if keep]
         for row, keep_row in zip(response_ids.tolist(), response_mask.tolist())
     ]
     texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
     return Samples(
-        prompts=list(prompts),
+        prompts=prompts,
         texts=[t.strip() for t in texts],
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
+        prompt_ids=cat(0, width_p, pad_id, left=True),
+        prompt_mask=cat(1, width_p, 0, left=True),
         response_ids=response_ids,
         response_mask=response_mask,
-        logprobs=logprobs,
-        ended=ended,
+        logprobs=cat(4, width_t, 0.0, left=False),
+        ended=torch.cat([p[5] for p in parts]),
     )
 
 
-def _generate_batch(
-    models, tokenizer, encoded, max_new_tokens, temperature, generator, top_k, top_p
-):
-    device = _model_device(models[0][0])
+def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, generator, top_k, top_p):
+    models = [m for m, _, _ in plan.runs]
+    device = _model_device(models[0])
     pad_id = _pad_id(tokenizer)
     eos_id = tokenizer.eos_token_id
-    prompt_ids, prompt_mask = left_pad(encoded, pad_id, device)  # (B, P)
-    B, P = prompt_ids.shape
-    limit = min(context_length(m) or 10**9 for m, _ in models)
+    prompt_ids, prompt_mask = left_pad(encoded, pad_id, device)  # (b, P)
+    b, P = prompt_ids.shape
+    limit = min(context_length(m) or 10**9 for m in models)
     if limit <= P:
-        longest = max(range(B), key=lambda i: len(encoded[i]))
+        longest = max(range(b), key=lambda i: len(encoded[i]))
         raise ValueError(
             f"prompt {longest} has {len(encoded[longest])} tokens, which leaves no room for a "
             f"response in the model context of {limit} tokens"
         )
     steps = min(max_new_tokens, limit - P)
-    weights = [w for _, w in models]
-    was_training = [m.training for m, _ in models]
-    for m, _ in models:
+    C = plan.copies
+    prompt_ids, prompt_mask = prompt_ids.repeat(C, 1), prompt_mask.repeat(C, 1)  # (N = C b, P)
+    N = C * b
+    rows = [slice(c0 * b, c1 * b) for _, c0, c1 in plan.runs]  # rows each model runs on
+
+    def mixed_log_probs(last_logits: list[torch.Tensor]) -> torch.Tensor:  # -> (N, V)
+        out = []
+        for c, group in enumerate(plan.groups):
+            logits = []
+            for k, _ in group:
+                first = c * b - rows[k].start
+                logits.append(last_logits[k][first : first + b])  # (b, V)
+            out.append(mix_log_probs(logits, [w for _, w in group], temperature))
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    was_training = [m.training for m in models]
+    for m in models:
         m.eval()
     try:
-        attention = prompt_mask.clone()  # (B, P + t)
-        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+        attention = prompt_mask.clone()  # (N, P + t)
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P)
         caches: list = [None] * len(models)
         last_logits: list[torch.Tensor] = []
-        for k, (model, _) in enumerate(models):
-            cache_name, keep_ok = _cache_kwarg(model)
+        for k, model in enumerate(models):
+            _, keep_ok = _cache_kwarg(model)
             extra = {"logits_to_keep": 1} if keep_ok else {}
+            r = rows[k]
             out = model(
-                input_ids=prompt_ids,
-                attention_mask=attention,
-                position_ids=positions,
+                input_ids=prompt_ids[r],
+                attention_mask=attention[r],
+                position_ids=positions[r],
                 use_cache=True,
                 **extra,
             )
             caches[k] = _output_cache(out)
-            last_logits.append(out.logits[:, -1])  # (B, V)
-        next_pos = positions[:, -1] + 1  # (B,)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+            last_logits.append(out.logits[:, -1])  # (rows_k, V)
+        next_pos = positions[:, -1] + 1  # (N,)
+        done = torch.zeros(N, dtype=torch.bool, device=device)
         tokens, masks, logps = [], [], []
         for t in range(steps):
-            logp = mix_log_probs(last_logits, weights, temperature)  # (B, V)
-            logp = _truncate(logp, top_k, top_p)
-            token = _draw(logp, generator)  # (B,)
+            logp = _truncate(mixed_log_probs(last_logits), top_k, top_p)  # (N, V)
+            token = _draw(logp, generator)  # (N,)
             live = ~done
             token = torch.where(live, token, torch.full_like(token, pad_id))
             tokens.append(token)
@@ -436,12 +540,13 @@ def _generate_batch(
             if bool(done.all()) or t == steps - 1:
                 break
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-            for k, (model, _) in enumerate(models):
+            for k, model in enumerate(models):
                 cache_name, _ = _cache_kwarg(model)
+                r = rows[k]
                 out = model(
-                    input_ids=token[:, None],
-                    attention_mask=attention,
-                    position_ids=next_pos[:, None],
+                    input_ids=token[r, None],
+                    attention_mask=attention[r],
+                    position_ids=next_pos[r, None],
                     use_cache=True,
                     **{cache_name: caches[k]},
                 )
@@ -449,12 +554,22 @@ def _generate_batch(
                 last_logits[k] = out.logits[:, -1]
             next_pos = next_pos + 1
     finally:
-        for (m, _), was in zip(models, was_training):
+        for m, was in zip(models, was_training):
             m.train(was)
-    response_ids = torch.stack(tokens, 1)  # (B, T)
-    response_mask = torch.stack(masks, 1)  # (B, T)
-    logprobs = torch.stack(logps, 1).float()  # (B, T)
-    return prompt_ids, prompt_mask, response_ids, response_mask, logprobs, done
+    response_ids = torch.stack(tokens, 1)  # (N, T)
+    response_mask = torch.stack(masks, 1)  # (N, T)
+    logprobs = torch.stack(logps, 1).float()  # (N, T)
+    return [
+        (
+            prompt_ids[c * b : (c + 1) * b],
+            prompt_mask[c * b : (c + 1) * b],
+            response_ids[c * b : (c + 1) * b],
+            response_mask[c * b : (c + 1) * b],
+            logprobs[c * b : (c + 1) * b],
+            done[c * b : (c + 1) * b],
+        )
+        for c in range(C)
+    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from nlhf.sampling import (
     context_length,
     encode_prompts,
     generate,
+    generate_pair,
     response_logits,
     token_logprobs,
 )
@@ -455,6 +456,7 @@ def train_policy(
     prompt_ids = _check_prompts(prompts, tokenizer, policy, cfg.max_new_tokens)
     judge = _load_judge(cfg, judge)
 
+    _reset_accelerate_state()
     accelerator = Accelerator(
         cpu=cfg.cpu,
         mixed_precision=cfg.mixed_precision,
@@ -587,20 +589,17 @@ def train_policy(
                 # 2. sample y ~ pi_theta and y' ~ pi' (no gradient)
                 t_sample = time.perf_counter()
                 with torch.no_grad(), accelerator.autocast():
-                    y = generate(
-                        sampling_policy(), tokenizer, batch_prompts, generator=sample_gen,
-                        prompt_token_ids=batch_ids, **sample_kwargs,
-                    )  # fmt: skip
-                    y_alt = None
-                    if need_alternative:
-                        if cfg.alternative == "ema":
-                            alt_model, alt_ref, alt_beta = ema, None, 0.0
-                        else:
-                            alt_model, alt_ref, alt_beta = sampling_policy(), reference, beta_alt
-                        y_alt = generate(
-                            alt_model, tokenizer, batch_prompts, reference=alt_ref,
-                            beta=alt_beta, generator=sample_gen, prompt_token_ids=batch_ids,
-                            **sample_kwargs,
+                    if need_alternative:  # one sampling loop; the policy's rows are batched
+                        y, y_alt = generate_pair(
+                            sampling_policy(), tokenizer, batch_prompts, reference=reference,
+                            beta=beta_alt, alternative=ema, generator=sample_gen,
+                            prompt_token_ids=batch_ids, **sample_kwargs,
+                        )  # fmt: skip
+                    else:  # RLHF with a batch-mean baseline: no y' needed
+                        y_alt = None
+                        y = generate(
+                            sampling_policy(), tokenizer, batch_prompts, generator=sample_gen,
+                            prompt_token_ids=batch_ids, **sample_kwargs,
                         )  # fmt: skip
                 add("time/sample", time.perf_counter() - t_sample)
 
@@ -729,6 +728,16 @@ def _fingerprint(model: torch.nn.Module) -> str | None:
         t = p.detach().double()
         digest.update(f"{name}:{t.sum().item():.10e}:{(t * t).sum().item():.10e};".encode())
     return digest.hexdigest()[:16]
+
+
+def _reset_accelerate_state() -> None:
+    """Let one single-process Python session run several trainings with different settings
+    (e.g. mixed precision): accelerate keeps a process-wide state that otherwise refuses to
+    change. Never touched under a distributed launch."""
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _truncate_metrics(path: Path, keep_through: int) -> None:
