@@ -62,14 +62,13 @@ def share_room(lengths: Sequence[int], room: int) -> list[int]:
     """
     if sum(lengths) <= room:
         return list(lengths)
-    keep = [0] * len(lengths)
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    left = room
-    for rank, i in enumerate(order):
-        cap = left // (len(lengths) - rank)
-        keep[i] = min(lengths[i], cap)
-        left -= keep[i]
-    return keep
+    # the largest common cap c with sum(min(length, c)) <= room; everyone keeps min(length, c)
+    cap = 0
+    for c in range(max(lengths) + 1):
+        if sum(min(n, c) for n in lengths) > room:
+            break
+        cap = c
+    return [min(n, cap) for n in lengths]
 
 
 class ScoringModel(nn.Module):
@@ -432,7 +431,7 @@ def load_model(path: str | Path, kind: str | None = None) -> ScoringModel:
     try:
         backbone = AutoModelForSequenceClassification.from_pretrained(str(path))
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # OSError, SafetensorError, ValueError...: a broken checkpoint
         raise ValueError(f"{path}: cannot load the checkpoint ({err})") from None
     backbone.eval()
     return MODEL_CLASSES[kind].from_backbone(backbone, tokenizer, **marker)

@@ -335,8 +335,17 @@ def train_preference(
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, out / "config.yaml")
     log_path = out / "metrics.jsonl"
-    if is_main and not resuming and log_path.exists():
-        log_path.unlink()
+    if is_main and log_path.exists():
+        # a fresh run starts a new log; a resumed one drops what came after its checkpoint
+        kept = []
+        if resuming:
+            for line in log_path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= start_step:
+                        kept.append(line + "\n")
+                except json.JSONDecodeError:
+                    continue
+        log_path.write_text("".join(kept))
 
     def log(row: dict) -> None:
         if is_main:
