@@ -23,8 +23,10 @@ Outputs in ``output_dir``: the model (standard HF checkpoint + tokenizer + ``nlh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -264,6 +266,7 @@ def train_preference(
     if mixed == "auto":
         use_gpu = torch.cuda.is_available() and not cfg.cpu
         mixed = "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "no"
+    _reset_accelerate_state()
     accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.cpu)
     is_main = accelerator.is_main_process
 
@@ -401,7 +404,7 @@ def train_preference(
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             target = labels[idx].to(accelerator.device)
             sync = m == cfg.grad_accum - 1
-            ctx = accelerator.no_sync(model) if not sync else _nullcontext()
+            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:
                 d = model(**batch)  # (B,)
                 loss = F.binary_cross_entropy_with_logits(d.float(), target)
@@ -454,9 +457,11 @@ def train_preference(
     return metrics
 
 
-class _nullcontext:  # noqa: N801
-    def __enter__(self):
-        return self
+def _reset_accelerate_state() -> None:
+    """Let one single-process Python session run several trainings with different settings
+    (accelerate keeps a process-wide state that otherwise refuses to change, e.g. mixed
+    precision). Never touched under a distributed launch."""
+    from accelerate.state import AcceleratorState
 
-    def __exit__(self, *exc):
-        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)
