@@ -240,3 +240,23 @@ def test_gradient_accumulation_matches_a_full_batch(tmp_path, tiny_config):
     # not vacuous: a different seed (initialisation and data order) ends far away
     other = run(1, "other", seed=1)
     assert float((full - other).abs().max()) > 1e-3  # 10x the tolerance above
+
+
+def test_eval_split_taken_from_data_never_shares_a_prompt(tmp_path, tiny_config, capsys):
+    cfg = PreferenceTrainConfig(
+        data=str(FIXTURES / "native.jsonl"),
+        eval_split="test",
+        random_init=tiny_config,
+        steps=1,
+        batch_size=2,
+        output_dir=tmp_path / "run",
+    )
+    metrics = train_preference(cfg)
+    # rows without a split or with split "train" train; of the two "test" rows, the one whose
+    # prompt also occurs in training is dropped from eval
+    assert metrics["train/comparisons"] == 3 and metrics["eval/comparisons"] == 1
+    assert "dropped 1 eval comparisons whose prompt is also in the training data" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(ValueError, match="eval_split: no rows of split 'dev'"):
+        train_preference(PreferenceTrainConfig(**{**vars(cfg), "eval_split": "dev"}))

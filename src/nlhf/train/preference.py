@@ -174,20 +174,35 @@ def _load_data(
     evals: list[Comparison] | None,
     say,
 ) -> tuple[list[Comparison], list[Comparison]]:
+    eval_from_data = evals is None and cfg.eval_data is None and cfg.eval_split is not None
     if train is None:
         if cfg.data is None:
             raise ValueError("data: give a comparisons file, dataset directory or hub name")
-        train = load_comparisons(cfg.data, cfg.format, cfg.split, cfg.skip_invalid)
-        if train.skipped:
-            say(train.skipped_summary())
+        rows = load_comparisons(
+            cfg.data, cfg.format, None if eval_from_data else cfg.split, cfg.skip_invalid
+        )
+        if rows.skipped:
+            say(rows.skipped_summary())
+        if eval_from_data:  # one read of data, both splits taken from it
+            evals = [c for c in rows if c.split == cfg.eval_split]
+            if not evals:
+                raise ValueError(f"eval_split: no rows of split {cfg.eval_split!r} in {cfg.data}")
+            wanted = (
+                (lambda c: c.split == cfg.split)
+                if cfg.split
+                else (lambda c: c.split != cfg.eval_split)
+            )
+            train = [c for c in rows if wanted(c)]
+        else:
+            train = list(rows)
     train = list(train)
     if evals is None:
         if cfg.eval_data is not None:
             evals = load_comparisons(cfg.eval_data, cfg.format, cfg.eval_split, cfg.skip_invalid)
             if evals.skipped:
                 say(evals.skipped_summary())
-        elif cfg.eval_split is not None and cfg.data is not None:
-            evals = load_comparisons(cfg.data, cfg.format, cfg.eval_split, cfg.skip_invalid)
+        elif cfg.eval_split is not None:
+            raise ValueError("eval_split: give eval_data or data to take the split from")
         elif cfg.eval_fraction > 0:
             train, evals = split_by_prompt(train, cfg.eval_fraction, cfg.seed)
         else:
