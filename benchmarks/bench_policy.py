@@ -301,7 +301,7 @@ def worker_sampling(args) -> dict:
             eos_token_id=tok.eos_token_id,
         )
         wrapper = GeometricMixtureWrapper(
-            policy, reference, gc, mixture_coef=args.beta, device=device
+            policy, reference, gc, mixture_coef=args.beta, device=torch.device(device)
         )
         plain_t, mix_t = [], []
         for _ in range(max(2, args.sampling_repeats // 2)):
