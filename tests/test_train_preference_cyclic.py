@@ -1,5 +1,6 @@
 """Paper §3.2 in miniature: three rater groups with cyclic tastes. A pairwise preference model
-learns the non-transitive majority; a Bradley-Terry reward model cannot represent it."""
+(and the skew-symmetric embedding model) learns the non-transitive majority; a Bradley-Terry
+reward model cannot represent it."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def _train_both(tmp_path_factory):
     data = cyclic_comparisons(n_prompts=400, comparisons_per_prompt=6, seed=0)
     train, evals = split_by_prompt(data, eval_fraction=0.25, seed=0)
     out = {}
-    for kind in ("pairwise", "reward"):
+    for kind in ("pairwise", "reward", "embedding"):
         cfg = PreferenceTrainConfig(
             kind=kind,
             random_init=config,
@@ -68,6 +69,7 @@ def _train_both(tmp_path_factory):
             lr=2e-3,
             warmup_steps=10,
             seed=0,
+            embedding_dim=4,
         )
         start = time.perf_counter()
         metrics = train_preference(cfg, train=train, eval=evals)
@@ -98,3 +100,12 @@ def test_reward_model_cannot_and_has_higher_log_loss(trained):
     assert not all(rm_per_pair[pair] > 0.5 for pair in CYCLE)
     assert pm_metrics["eval/log_loss"] < rm_metrics["eval/log_loss"]
     assert pm_metrics["eval/accuracy"] > rm_metrics["eval/accuracy"]
+
+
+def test_embedding_preference_model_also_learns_the_cycle(trained):
+    out, _ = trained
+    metrics, per_pair, _ = out["embedding"]
+    for pair in CYCLE:
+        assert per_pair[pair] > 0.5, (pair, per_pair)
+    assert metrics["eval/antisymmetry_error"] == 0.0
+    assert metrics["eval/log_loss"] < out["reward"][0]["eval/log_loss"]
