@@ -20,6 +20,10 @@ One step of :func:`generate` (each model keeps its OWN key/value cache):
    the policy gradient assumes on-policy samples), record its log-probability;
 4. a sequence that emitted EOS is finished: later positions are padding with mask 0.
 
+:func:`generate_pair` draws ``y ~ pi_theta`` and ``y' ~ pi^beta`` in the same loop, with the
+policy's rows for both batched into one forward: 2 forwards per token for Nash-MD-PG (policy on
+2B rows, reference on B rows) instead of 3.
+
 :class:`EMAPolicy` holds ``theta_bar <- decay * theta_bar + (1 - decay) * theta`` (Nash-EMA-PG's
 alternative policy); it is a ``torch.nn.Module`` that :func:`generate` samples like any policy
 and that saves as a standard Hugging Face checkpoint.

@@ -383,7 +383,8 @@ class _PromptStream:
 
 
 class _TrainerState:
-    """Step counter, data position and generator states: saved with accelerate's checkpoint."""
+    """Step counter, data position and this process's generator states (saved per process next
+    to accelerate's checkpoint, which holds the model, optimizer, scheduler, EMA, RNGs)."""
 
     def __init__(self, stream: _PromptStream, generators: dict[str, torch.Generator]):
         self.step = 0
@@ -519,7 +520,7 @@ def train_policy(
     sample_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
     label_gen = torch.Generator().manual_seed(cfg.seed * 104_729 + rank)
     state = _TrainerState(stream, {"sample": sample_gen, "label": label_gen})
-    accelerator.register_for_checkpointing(state)
+    state_file = f"nlhf_state_rank{rank}.pt"  # per process: each rank has its own generators
     checkpoint_dir = out / "checkpoint"
     reference_print = _fingerprint(reference)
     if cfg.resume:
@@ -532,6 +533,7 @@ def train_policy(
                     "initial --policy when the reference is its copy)"
                 )
             accelerator.load_state(str(checkpoint_dir))
+            state.load_state_dict(torch.load(checkpoint_dir / state_file, weights_only=True))
             accelerator.print(f"resumed from {checkpoint_dir} at step {state.step}")
         else:
             accelerator.print(f"--resume: no checkpoint in {checkpoint_dir}; starting afresh")
@@ -546,6 +548,8 @@ def train_policy(
         state.step = step
         tmp = out / "checkpoint.tmp"
         accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        torch.save(state.state_dict(), tmp / state_file)
         accelerator.wait_for_everyone()
         if is_main:
             marker = {"step": step, "reference": reference_print}
