@@ -278,3 +278,22 @@ def test_cyclic_synthetic_set_has_a_cyclic_majority():
         p = population_prob(sa, sb)
         tolerance = 4.5 * (p * (1 - p) / len(labels)) ** 0.5  # binomial noise, 4.5 sigma
         assert sum(labels) / len(labels) == pytest.approx(p, abs=tolerance)
+
+
+def test_json_array_json_lines_and_nested_csv_cells(tmp_path):
+    rows = [GOOD, {**GOOD, "prompt": "Summarize: y.", "label": 0.25}]
+    array = _write(tmp_path, "rows.json", json.dumps(rows))
+    assert [r.label for r in load_comparisons(array)] == [1.0, 0.25]
+    lines = _write(tmp_path, "lines.json", "\n".join(json.dumps(r) for r in rows))
+    assert len(load_comparisons(lines)) == 2
+    chat = json.dumps([{"role": "user", "content": "Hi, there"}]).replace('"', '""')
+    csv_text = f'prompt,chosen,rejected\n"{chat}",Hello.,Go away.\n'
+    loaded = load_comparisons(_write(tmp_path, "chat.csv", csv_text))
+    assert loaded[0].prompt == [{"role": "user", "content": "Hi, there"}]
+    assert loaded[0].response_a == "Hello." and loaded[0].label == 1.0
+
+
+def test_local_looking_paths_never_go_to_the_hub(tmp_path):
+    for name in (str(tmp_path / "no" / "such" / "dir"), "./missing_dir", "runs/x/y"):
+        with pytest.raises(FileNotFoundError, match="no such file or directory"):
+            load_comparisons(name)
