@@ -118,6 +118,13 @@ def test_datasets_save_to_disk_and_local_dir(tmp_path):
     (tmp_path / "files" / "train.jsonl").write_text((FIXTURES / "hh_rlhf.jsonl").read_text())
     hh = load_comparisons(tmp_path / "files", format="hh_rlhf")
     assert len(hh) == 3 and hh[0].response_b == "Here is a list."
+    # in-memory objects
+    assert load_comparisons(dd, split="test")[0].prompt == "Is 7 prime?"
+    assert [r.split for r in load_comparisons(dd)] == ["train", "train", "test"]
+    assert len(load_comparisons(datasets.Dataset.from_list(rows))) == 3
+    assert len(load_comparisons(rows)) == 3  # any iterable of row mappings
+    with pytest.raises(ValueError, match=r"list: row 2: field 'label'"):
+        load_comparisons([GOOD, {**GOOD, "label": 3}])
 
 
 def test_write_jsonl_round_trip(tmp_path):

@@ -168,6 +168,24 @@ def _hf_rows(
             yield where, row, None
 
 
+def _dataset_object_rows(ds: Any, split: str | None) -> Iterator[tuple[str, Any, str | None]]:
+    splits = hasattr(ds, "keys") and all(
+        hasattr(ds[k], "__iter__") and not isinstance(ds[k], str | dict) for k in ds
+    )
+    if splits:  # a DatasetDict, or a mapping of split name -> rows
+        names = list(ds.keys())
+        if split is not None:
+            if split not in ds:
+                raise ValueError(f"{type(ds).__name__}: no split {split!r}; splits are {names}")
+            names = [split]
+        for name in names:
+            for where, row in _rows_dataset(ds[name], f"{type(ds).__name__}[{name}]"):
+                yield where, row, name
+        return
+    for where, row in _rows_dataset(ds, type(ds).__name__):
+        yield where, row, None
+
+
 def _file_rows(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     kind = FILE_SUFFIXES.get(path.suffix.lower())
     if kind == "jsonl":
@@ -197,13 +215,14 @@ def _looks_like_hub_name(name: str) -> bool:
 
 
 def load_comparisons(
-    path_or_name: str | Path,
+    path_or_name: str | Path | Any,
     format: str = "auto",
     split: str | None = None,
     skip_invalid: bool = False,
     config_name: str | None = None,
 ) -> Comparisons:
-    """Read comparisons from a file, a saved/local ``datasets`` dataset or a hub name.
+    """Read comparisons from a file, a saved/local ``datasets`` dataset, a hub name, or an
+    in-memory ``datasets.Dataset`` / ``DatasetDict`` (or any iterable of row mappings).
 
     ``format``: ``"auto"`` (detected per row from its keys) or one of
     ``native, chosen_rejected, summarize_from_feedback, hh_rlhf``. ``split``: for a dataset with
@@ -214,14 +233,19 @@ def load_comparisons(
     """
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"format: unknown format {format!r}; choose one of {['auto', *FORMATS]}")
-    source = str(path_or_name)
-    path = Path(path_or_name)
-    if path.is_file():
-        rows = _file_rows(path)
-    elif path.is_dir() or _looks_like_hub_name(source):
-        rows = _hf_rows(source, split, config_name)
+    if not isinstance(path_or_name, str | Path):  # an in-memory datasets.Dataset(Dict)
+        source, path = type(path_or_name).__name__, None
+        rows = _dataset_object_rows(path_or_name, split)
     else:
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        source = str(path_or_name)
+        path = Path(path_or_name)
+        if path.is_file():
+            rows = _file_rows(path)
+        elif path.is_dir() or _looks_like_hub_name(source):
+            rows = _hf_rows(source, split, config_name)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    from_file = path is not None and path.is_file()
 
     kept: list[Comparison] = []
     skipped: list[str] = []
@@ -245,7 +269,7 @@ def load_comparisons(
         if comparison.split is None and row_split is not None:
             comparison.split = row_split
         seen_splits.add(comparison.split)
-        if path.is_file() and split is not None and comparison.split != split:
+        if from_file and split is not None and comparison.split != split:
             continue
         kept.append(comparison)
 
@@ -253,7 +277,7 @@ def load_comparisons(
     if skipped:
         log.warning("%s; first: %s", result.skipped_summary(), skipped[0])
     if not kept:
-        if path.is_file() and split is not None and seen_splits:
+        if from_file and split is not None and seen_splits:
             raise ValueError(
                 f"{source}: no rows with split {split!r}; splits present: "
                 f"{sorted(str(s) for s in seen_splits)}"
