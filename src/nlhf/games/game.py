@@ -21,7 +21,7 @@ Quantities (paper §3, §4; ``pi`` is one policy per context):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -181,10 +181,10 @@ class PreferenceGame:
         set_(self, "batched", batched)
 
     # The attributes set in __post_init__ (declared for type checkers and readers).
-    P3: np.ndarray = None  # type: ignore[assignment]  # (C, n, n)
-    mu3: np.ndarray = None  # type: ignore[assignment]  # (C, n)
-    log_mu3: np.ndarray = None  # type: ignore[assignment]  # (C, n)
-    batched: bool = False
+    P3: np.ndarray = field(init=False, repr=False)  # (C, n, n)
+    mu3: np.ndarray = field(init=False, repr=False)  # (C, n)
+    log_mu3: np.ndarray = field(init=False, repr=False)  # (C, n)
+    batched: bool = field(init=False, repr=False)
 
     @property
     def n(self) -> int:
