@@ -53,7 +53,7 @@ class DataStageConfig:
 
     n_demonstrations: int = 4000
     """human demonstrations (prompt, summary) for SFT"""
-    n_comparisons: int = 3000
+    n_comparisons: int = 10000
     """labelled comparisons of two SFT samples (preference- and reward-model training data)"""
     n_policy_prompts: int = 2000
     """prompts the policies are trained on"""
@@ -82,7 +82,7 @@ class PreferenceStageConfig:
     """random init: hidden size"""
     n_head: int = 4
     """random init: attention heads"""
-    epochs: float = 3.0
+    epochs: float = 2.0
     """passes over the comparisons"""
     batch_size: int = 64
     """comparisons per step"""
@@ -111,7 +111,7 @@ class PolicyStageConfig:
     """KL regularisation of the NLHF methods (paper: 0.008)"""
     rlhf_tau: float = 0.05
     """KL regularisation of RLHF (paper: 0.05)"""
-    steps: int = 200
+    steps: int = 300
     """optimizer steps per method (equal budgets)"""
     batch_size: int = 32
     """prompts per step"""
@@ -156,6 +156,9 @@ class DemoConfig:
     """seed of sampling, training and judging (the task has its own seed)"""
     threads: int = 0
     """torch CPU threads (0 = torch's default)"""
+    until: int = 7
+    """stop after this stage (1 task data, 2 SFT, 3 comparisons, 4 preference/reward models,
+    5 policies, 6 tournament, 7 report)"""
     task: SummaryTaskConfig = field(default_factory=SummaryTaskConfig)
     data: DataStageConfig = field(default_factory=DataStageConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -169,6 +172,8 @@ class DemoConfig:
                 f"tournament.n_prompts ({self.tournament.n_prompts}) exceeds "
                 f"data.n_eval_prompts ({self.data.n_eval_prompts})"
             )
+        if not 1 <= self.until <= 7:
+            raise ValueError(f"until must be a stage number 1..7, got {self.until}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
@@ -192,18 +197,22 @@ QUICK: dict[str, Any] = {
 # --------------------------------------------------------------------------- stage machinery
 
 
-def _digest(path: Path) -> str:
-    """SHA-256 over the relative names and contents of every file under ``path`` (no marker)."""
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
+def _file_digests(path: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``path`` (the marker excluded), by relative name."""
+    out = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
         if f.name == MARKER:
             continue
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h = hashlib.sha256()
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()
+        out[str(f.relative_to(path))] = h.hexdigest()
+    return out
+
+
+def _combine(digests: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
 
 
 class Pipeline:
@@ -229,12 +238,25 @@ class Pipeline:
             return None
 
     def input_hash(self, name: str, inputs: Any, upstream: list[str]) -> str:
+        """Hash of ``inputs`` and of what the stage reads upstream: ``"stage"`` (all of its
+        outputs) or ``"stage:file1,dir2"`` (only those files / directories)."""
         ups = {}
         for u in upstream:
-            m = self.marker(u)
+            stage, _, only = u.partition(":")
+            m = self.marker(stage)
             if m is None:
-                raise RuntimeError(f"stage {name} needs stage {u}, which has not run")
-            ups[u] = m["output_digest"]
+                raise RuntimeError(f"stage {name} needs stage {stage}, which has not run")
+            files = m.get("files", {})
+            if only:
+                keep = only.split(",")
+                files = {
+                    k: v
+                    for k, v in files.items()
+                    if any(k == p or k.startswith(p + "/") for p in keep)
+                }
+                if not files:
+                    raise RuntimeError(f"stage {name}: stage {stage} has no output named {keep}")
+            ups[u] = _combine(files)
         blob = json.dumps({"stage": name, "inputs": inputs, "upstream": ups}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -255,7 +277,7 @@ class Pipeline:
             have is not None
             and have.get("input_hash") == want
             and out.is_dir()
-            and _digest(out) == have.get("output_digest")
+            and _file_digests(out) == have.get("files")
         ):
             self.log(f"[{index}/{self.total}] {title}: up to date, skipped ({name})")
             self.skipped.append(name)
@@ -269,7 +291,7 @@ class Pipeline:
         marker = {
             "stage": name,
             "input_hash": want,
-            "output_digest": _digest(out),
+            "files": _file_digests(out),
             "seconds": round(time.time() - start, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **info,
@@ -708,7 +730,8 @@ def stage_report(
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
-    """Run (or resume) every stage of the demo; returns the path of ``report.md``."""
+    """Run (or resume) the stages of the demo up to ``cfg.until``; returns the path of
+    ``report.md`` (or of the output directory when stopping earlier)."""
     import torch
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -730,15 +753,30 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
         lambda out: stage_task(cfg, out),
         "task data",
     )
+    if cfg.until == 1:
+        return root
     sft_inputs = {"sft": {**sec(cfg.sft), "output_dir": None}, "seed": cfg.seed}
     dirs["sft"] = pipe.run(
-        2, "02_sft", sft_inputs, ["01_task"], lambda out: stage_sft(cfg, dirs["task"], out), "SFT"
+        2,
+        "02_sft",
+        sft_inputs,
+        ["01_task:demonstrations.jsonl,tokenizer"],
+        lambda out: stage_sft(cfg, dirs["task"], out),
+        "SFT",
     )
+    if cfg.until == 2:
+        return root
+    d = cfg.data
     dirs["comparisons"] = pipe.run(
         3,
         "03_comparisons",
-        {"task": sec(cfg.task), "data": sec(cfg.data), "seed": cfg.seed},
-        ["01_task", "02_sft"],
+        {
+            "task": sec(cfg.task),
+            "n_comparisons": d.n_comparisons,
+            "max_new_tokens": d.max_new_tokens,
+            "seed": cfg.seed,
+        },
+        ["01_task:comparison_prompts.txt", "02_sft"],
         lambda out: stage_comparisons(cfg, dirs["task"], dirs["sft"], out),
         "comparisons from sampled raters",
     )
@@ -755,12 +793,14 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
             ),
             f"{key} model",
         )
+    if cfg.until <= 4:
+        return root
     pool: dict[str, Path] = {"SFT": dirs["sft"]}
     policy_common = {k: v for k, v in sec(cfg.policy).items() if k not in ("methods", "betas")}
     for spec in specs:
         judge_key = "reward" if spec.get("reward_model") else "preference"
         name = f"05_{spec['name'].lower()}"
-        d = pipe.run(
+        policy_dir = pipe.run(
             5,
             name,
             {
@@ -769,16 +809,18 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
                 "max_new_tokens": cfg.data.max_new_tokens,
                 "seed": cfg.seed,
             },
-            ["01_task", "02_sft", f"04_{judge_key}"],
+            ["01_task:policy_prompts.txt", "02_sft", f"04_{judge_key}"],
             lambda out, spec=spec, jk=judge_key: stage_policy(
                 cfg, spec, dirs["task"], dirs["sft"], dirs[jk], out
             ),
             f"policy {spec['name']}",
         )
-        pool[spec["name"]] = d
+        pool[spec["name"]] = policy_dir
         if spec["alternative"] == "ema":
-            pool["EMA*"] = d / "ema"
+            pool["EMA*"] = policy_dir / "ema"
     policy_stages = [f"05_{s['name'].lower()}" for s in specs]
+    if cfg.until == 5:
+        return root
     dirs["tournament"] = pipe.run(
         6,
         "06_tournament",
@@ -789,15 +831,22 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
             "max_new_tokens": cfg.data.max_new_tokens,
             "seed": cfg.seed,
         },
-        ["01_task", "02_sft", *policy_stages],
+        ["01_task:eval_prompts.txt", "02_sft", *policy_stages],
         lambda out: stage_tournament(cfg, dirs["task"], pool, out),
         "tournament under the exact judge",
     )
+    if cfg.until == 6:
+        return root
     report_dir = pipe.run(
         7,
         "07_report",
-        {"config": {k: v for k, v in sec(cfg).items() if k != "output_dir"}, "version": 1},
-        ["01_task", "03_comparisons", *[f"04_{k}" for k, _ in kinds], "06_tournament"],
+        {"config": {k: v for k, v in sec(cfg).items() if k not in ("output_dir", "until")}},
+        [
+            "01_task:task.json",
+            "03_comparisons:stats.json",
+            *[f"04_{k}:eval.json" for k, _ in kinds],
+            "06_tournament",
+        ],
         lambda out: stage_report(cfg, root, dirs, pool, out),
         "report",
     )
