@@ -594,9 +594,13 @@ def response_logits(
     ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P + T)
     mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P + T)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-    P = prompt_ids.shape[1]
-    return out.logits[:, P - 1 : -1]  # (B, T, V)
+    T = response_ids.shape[1]
+    _, keep_ok = _cache_kwarg(model)
+    extra = {"logits_to_keep": T + 1} if keep_ok else {}  # skip the LM head on the prompt
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra
+    )
+    return out.logits[:, -(T + 1) : -1]  # (B, T, V)
 
 
 def token_logprobs(
