@@ -368,6 +368,7 @@ def test_nlhf_train_command_end_to_end(tmp_path, tok):
     assert "reward/mean" in read_metrics(tmp_path / "rlhf" / "metrics.jsonl")[0]
     # bad input: one line, exit 2
     assert cli_main(args + ["--beta", "2"]) == 2
+    assert cli_main(args + ["--log-with", "no-such-tracker"]) == 2
     assert cli_main(args + ["--prompts", str(tmp_path / "none.txt")]) == 2
 
 

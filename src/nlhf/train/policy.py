@@ -543,6 +543,13 @@ def train_policy(
         _truncate_metrics(metrics_path, keep_through=start_step)
     if cfg.log_with:
         accelerator.init_trackers("nlhf-train", config=to_dict(cfg))
+        active = {getattr(t, "name", "") for t in accelerator.trackers}
+        missing = sorted(set(cfg.log_with) - active)
+        if is_main and missing:
+            raise ValueError(
+                f"log_with: tracker(s) {missing} are not available (not installed or unknown "
+                f"to accelerate); install them or drop them from --log-with"
+            )
 
     def save_checkpoint(step: int) -> None:
         state.step = step
