@@ -82,11 +82,11 @@ class PreferenceStageConfig:
     """random init: hidden size"""
     n_head: int = 4
     """random init: attention heads"""
-    epochs: float = 2.0
+    epochs: float = 6.0
     """passes over the comparisons"""
     batch_size: int = 64
     """comparisons per step"""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """peak learning rate"""
     eval_fraction: float = 0.1
     """share of prompts held out to measure accuracy"""
@@ -563,9 +563,10 @@ def paper_reading(result, md_names: list[str]) -> str:
     names = list(result.names)
     trained = [n for n in names if n != "SFT"]
     lines = [
-        "Each finding of the paper (§7, Table 1) is checked on this run's matrix. *Yes* means "
-        "every interval involved excludes 1/2 in the paper's direction; *not significant* means "
-        "some interval contains 1/2; *reversed* means the opposite holds significantly.",
+        "Each finding of the paper (§7, Table 1) is checked on this run's matrix. *agrees*: "
+        "every interval involved excludes 1/2 in the paper's direction; *disagrees*: some "
+        "interval excludes 1/2 in the opposite direction (for BR: another trained policy has a "
+        "lower mean win rate); *inconclusive*: otherwise.",
         "",
         "| paper's finding | this run | verdict |",
         "|---|---|---|",
@@ -603,9 +604,10 @@ def paper_reading(result, md_names: list[str]) -> str:
         win = {n: float(result.mean_win_rate[names.index(n)]) for n in trained}
         lowest = min(win, key=win.get)
         verdicts["br"] = lowest == "BR"
+        also = "" if lowest == "BR" else f"; BR {win['BR']:.3f}"
         lines.append(
             "| BR is the worst trained policy | lowest mean win rate among trained policies: "
-            f"{lowest} ({win[lowest]:.3f}; BR {win['BR']:.3f}) | {_v(verdicts['br'])} |"
+            f"{lowest} ({win[lowest]:.3f}{also}) | {_v(verdicts['br'])} |"
         )
     emas = [n for n in names if n.startswith("EMA")]
     if md1 is not None and emas:
@@ -638,6 +640,40 @@ def paper_reading(result, md_names: list[str]) -> str:
 
 def _v(v: bool | None) -> str:
     return {True: "agrees", False: "disagrees", None: "inconclusive"}[v]
+
+
+def learned_style_game(judge, task: SummaryTask, prompts: list[str]) -> np.ndarray:
+    """(S, S) mean ``P(style i > style j)`` under ``judge`` for two summaries with the same
+    content (every salient word) that differ only in their style word."""
+    S = len(STYLES)
+    out = np.full((S, S), 0.5)
+    content = [" ".join(task.salient_words(p)) for p in prompts]
+    for i in range(S):
+        for j in range(S):
+            if i != j:
+                a = [f"{STYLES[i]} {c}" for c in content]
+                b = [f"{STYLES[j]} {c}" for c in content]
+                out[i, j] = float(judge.prob(prompts, a, b).mean())
+    return out
+
+
+def _style_game_md(games: dict[str, np.ndarray]) -> str:
+    pairs = [(0, 1), (1, 2), (2, 0)]
+    head = "| judge | " + " | ".join(f"P({STYLES[i]} > {STYLES[j]})" for i, j in pairs)
+    lines = [head + " | cyclic? | Nash of its style game |", "|---|" + "---:|" * 5]
+    from nlhf.games import solve_nash_lp
+
+    for name, G in games.items():
+        cyc = all(G[i, j] > 0.5 for i, j in pairs) or all(G[i, j] < 0.5 for i, j in pairs)
+        nash, _ = solve_nash_lp(G)
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{G[i, j]:.3f}" for i, j in pairs)
+            + f" | {'yes' if cyc else 'no'} | "
+            + ", ".join(f"{s} {x:.2f}" for s, x in zip(STYLES, nash))
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def _stage_seconds(root: Path) -> dict[str, float]:
@@ -693,6 +729,21 @@ def stage_report(
             "",
             "Paper (TL;DR, same-size T5X-XL models): preference model ~0.78, reward model ~0.76.",
         ]
+    )
+    from nlhf.models import load_judge
+
+    probe = _read_lines(stage_dirs["task"] / "eval_prompts.txt")[:200]
+    games = {"exact raters": task.style_game()}
+    for kind in ("preference", "reward"):
+        if kind in stage_dirs:
+            judge = load_judge(stage_dirs[kind], device="cpu")
+            games[f"learned {kind} model"] = learned_style_game(judge, task, probe)
+    data_md += (
+        "\n\nWhat the learned models believe about style: two summaries with the same content "
+        "(every salient word) that differ only in their style word, averaged over 200 "
+        "tournament prompts. The exact raters' style game is a Condorcet cycle; a reward model "
+        "(Bradley-Terry) cannot represent one, a pairwise preference model can.\n\n"
+        + _style_game_md(games)
     )
     sections.append(("Data, preference model and reward model", data_md))
 
@@ -844,7 +895,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
         [
             "01_task:task.json",
             "03_comparisons:stats.json",
-            *[f"04_{k}:eval.json" for k, _ in kinds],
+            *[f"04_{k}" for k, _ in kinds],
             "06_tournament",
         ],
         lambda out: stage_report(cfg, root, dirs, pool, out),

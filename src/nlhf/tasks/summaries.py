@@ -79,9 +79,9 @@ class SummaryTaskConfig:
     """seed of the task itself (documents and demonstrations are drawn from seeded generators)"""
     group_weights: list[float] = field(default_factory=lambda: [0.40, 0.35, 0.25])
     """share of each rater group (brief>list>story; list>story>brief; story>brief>list)"""
-    kappa: float = 2.0
+    kappa: float = 3.0
     """utility of one step up a group's style ranking (a salient word covered is worth 1.0)"""
-    temperature: float = 0.7
+    temperature: float = 0.5
     """rater noise: a group prefers y with probability sigmoid((u(y) - u(y')) / temperature)"""
     lapse: float = 0.05
     """probability that a rater answers at random (included in the exact preference)"""
