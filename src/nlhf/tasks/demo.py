@@ -257,7 +257,12 @@ class Pipeline:
                 if not files:
                     raise RuntimeError(f"stage {name}: stage {stage} has no output named {keep}")
             ups[u] = _combine(files)
-        blob = json.dumps({"stage": name, "inputs": inputs, "upstream": ups}, sort_keys=True)
+        from nlhf import __version__
+
+        blob = json.dumps(
+            {"stage": name, "inputs": inputs, "upstream": ups, "nlhf": __version__},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def run(
@@ -676,6 +681,82 @@ def _style_game_md(games: dict[str, np.ndarray]) -> str:
     return "\n".join(lines)
 
 
+def what_happened(
+    result,
+    task: SummaryTask,
+    games: dict[str, np.ndarray],
+    accuracy: dict[str, float],
+    bayes: float,
+) -> str:
+    """A few sentences, computed from the numbers, on why the matrix looks the way it does."""
+    names = list(result.names)
+    styles = {}
+    quality = {}
+    for n in names:
+        resp = result.samples.get(n, [])
+        if not resp:
+            continue
+        counts = Counter(task.style_of(r) for r in resp)
+        styles[n] = {s: counts[s] / len(resp) for s in (*STYLES, "none")}
+        quality[n] = float(np.mean([task.quality(p, r) for p, r in zip(result.prompts, resp)]))
+    lines = []
+    if "SFT" in quality:
+        q0 = quality["SFT"]
+        better = [n for n in quality if n != "SFT" and quality[n] > q0]
+        lines.append(
+            f"- Quality: SFT {q0:.2f}; "
+            + ", ".join(f"{n} {quality[n]:.2f}" for n in quality if n != "SFT")
+            + f" ({len(better)}/{len(quality) - 1} trained policies above SFT; an ideal summary "
+            "scores 2.0)."
+        )
+    for n, dist in styles.items():
+        top = max(STYLES, key=lambda s: dist[s])
+        if n != "SFT" and dist[top] >= 0.8:
+            lines.append(f"- {n} collapsed onto one style: {dist[top]:.0%} `{top}`.")
+    nash = task.nash_style_mixture()
+    tv = {
+        n: 0.5 * (sum(abs(d[s] - w) for s, w in zip(STYLES, nash)) + d["none"])
+        for n, d in styles.items()
+    }
+    if tv:
+        closest = min(tv, key=tv.get)
+        lines.append(
+            f"- Closest to the Nash mixture of the exact style game: {closest} (total variation "
+            f"{tv[closest]:.2f}; SFT {tv.get('SFT', float('nan')):.2f})."
+        )
+    pairs = [(0, 1), (1, 2), (2, 0)]
+    for name, G in games.items():
+        if name == "exact raters":
+            continue
+        cyclic = all(G[i, j] > 0.5 for i, j in pairs) or all(G[i, j] < 0.5 for i, j in pairs)
+        order = sorted(STYLES, key=lambda s: -G[STYLES.index(s)].mean())
+        lines.append(
+            f"- The {name} "
+            + (
+                "learned a style cycle, so its Nash solution is a mixture."
+                if cyclic
+                else f"ranks the styles transitively ({' > '.join(order)}), so a policy that "
+                f"optimises it is pushed toward `{order[0]}`."
+            )
+        )
+    if accuracy:
+        worst = min(accuracy.values())
+        gap = bayes - worst
+        lines.append(
+            "- Held-out accuracy of the learned models: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
+            + f" against a label-noise ceiling of {bayes:.3f}"
+            + (
+                ". The gap means the small models miss much of what the raters reward "
+                "(mostly content: whether a word is in the document, which needs matching "
+                "words across the prompt), so the policies optimise what the models did learn."
+                if gap > 0.05
+                else "."
+            )
+        )
+    return "\n".join(lines)
+
+
 def _stage_seconds(root: Path) -> dict[str, float]:
     out = {}
     for marker in sorted(root.glob(f"*/{MARKER}")):
@@ -746,6 +827,20 @@ def stage_report(
         + _style_game_md(games)
     )
     sections.append(("Data, preference model and reward model", data_md))
+    accuracy = {}
+    for kind in ("preference", "reward"):
+        f = stage_dirs[kind] / "eval.json" if kind in stage_dirs else None
+        if f is not None and f.is_file():
+            acc = json.loads(f.read_text()).get("eval/accuracy")
+            if isinstance(acc, float):
+                accuracy[f"{kind} model"] = acc
+    sections.insert(
+        1,
+        (
+            "What happened, and why",
+            what_happened(result, task, games, accuracy, comp["bayes_accuracy"]),
+        ),
+    )
 
     secs = _stage_seconds(root)
     timing = "\n".join(
