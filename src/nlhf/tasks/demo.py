@@ -53,7 +53,7 @@ class DataStageConfig:
 
     n_demonstrations: int = 4000
     """human demonstrations (prompt, summary) for SFT"""
-    n_comparisons: int = 10000
+    n_comparisons: int = 20000
     """labelled comparisons of two SFT samples (preference- and reward-model training data)"""
     n_policy_prompts: int = 2000
     """prompts the policies are trained on"""
@@ -82,7 +82,7 @@ class PreferenceStageConfig:
     """random init: hidden size"""
     n_head: int = 4
     """random init: attention heads"""
-    epochs: float = 6.0
+    epochs: float = 4.0
     """passes over the comparisons"""
     batch_size: int = 64
     """comparisons per step"""
