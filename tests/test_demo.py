@@ -140,3 +140,57 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, monkeypatch):
     _, ran, _ = _run(cfg2)
     assert ran == ["06_tournament", "07_report"]
     assert json.loads((out / "07_report" / "tournament.json").read_text())["n_prompts"] == 60
+
+
+def _result(names: list[str], win: dict[tuple[str, str], float], half: float = 0.03):
+    """A TournamentResult whose P(a > b) = win[(a, b)] (default 1/2) and intervals +- half."""
+    from nlhf.eval.tournament import TournamentResult
+
+    K = len(names)
+    M = np.full((K, K), 0.5)
+    for (a, b), p in win.items():
+        i, j = names.index(b), names.index(a)  # matrix[row=b, col=a] = P(a > b)
+        M[i, j], M[j, i] = p, 1 - p
+    lo, hi = np.clip(M - half, 0, 1), np.clip(M + half, 0, 1)
+    np.fill_diagonal(lo, 0.5)
+    np.fill_diagonal(hi, 0.5)
+    mean = np.array([np.mean([M[r, c] for r in range(K) if r != c]) for c in range(K)])
+    return TournamentResult(
+        names=names,
+        paths=[""] * K,
+        prompts=[],
+        samples={},
+        matrix=M,
+        lower=lo,
+        upper=hi,
+        mean_win_rate=mean,
+        worst_case=mean,
+        worst_opponent=names,
+        meta_nash=np.full(K, 1 / K),
+        meta_value=0.5,
+        exploitability=np.zeros(K),
+        meta_nash_exploitability=0.0,
+        labels="sampled",
+        interval="t",
+        confidence=0.95,
+    )
+
+
+def test_paper_reading_verdicts_follow_the_numbers():
+    names = ["SFT", "RLHF", "SP", "MD0.125", "MD0.5", "BR", "EMA", "EMA*"]
+    trained = names[1:]
+    # the paper's picture: everyone beats SFT, MD0.125 beats everyone, BR is worst
+    win = {(n, "SFT"): 0.7 for n in trained}
+    win.update({("MD0.125", n): 0.6 for n in names if n not in ("MD0.125", "SFT")})
+    win.update({(n, "BR"): 0.58 for n in trained if n not in ("BR", "MD0.125")})
+    text = demo.paper_reading(_result(names, win), ["MD0.125", "MD0.5"])
+    assert "5 of 5 findings reproduced" in text and "| disagrees |" not in text
+    # the opposite: SFT beats everyone significantly, MD0.125 loses to SP
+    win = {(n, "SFT"): 0.3 for n in trained}
+    win[("MD0.125", "SP")] = 0.4
+    text = demo.paper_reading(_result(names, win), ["MD0.125", "MD0.5"])
+    row = next(ln for ln in text.splitlines() if ln.startswith("| every method beats SFT"))
+    assert row.endswith("| disagrees |")
+    row = next(ln for ln in text.splitlines() if ln.startswith("| small-beta Nash-MD"))
+    assert row.endswith("| disagrees |")
+    assert "0 of 5 findings reproduced" in text

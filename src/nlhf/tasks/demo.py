@@ -463,8 +463,8 @@ def stage_preference(
             "n_head": pc.n_head,
             "n_positions": 3 * cfg.sft.n_positions,
         }
-        (out.parent / f"{out.name}_model.json").write_text(json.dumps(model_cfg))
-        pt = PreferenceTrainConfig(random_init=out.parent / f"{out.name}_model.json", **common)
+        (out / "backbone_config.json").write_text(json.dumps(model_cfg))
+        pt = PreferenceTrainConfig(random_init=out / "backbone_config.json", **common)
     train = load_comparisons(comparisons_dir / "comparisons.jsonl")
     metrics = train_preference(pt, train=list(train))
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # resumable state; the model is kept
