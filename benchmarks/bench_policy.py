@@ -10,7 +10,7 @@ its own subprocess so that peak memory is its own):
 2. peak memory: CPU peak RSS of the worker process, and the increase over the RSS before
    training started (on CUDA: ``torch.cuda.max_memory_allocated``);
 3. mixture sampling time / plain policy sampling time for ``nlhf.sampling.generate`` (one KV
-   cache per model), and the same ratio for trl's ``GeometricMixtureWrapper`` (no cache).
+   cache per model; the floor is 2, two models run).
 
 trl is NOT a dependency of nlhf. Run this in a separate environment that has it, e.g.
 
@@ -242,9 +242,14 @@ def worker_trl(args) -> dict:
 
 
 def worker_sampling(args) -> dict:
-    """Mixture vs plain sampling, alternating, same batch; nlhf (KV caches) and trl (no cache)."""
+    """nlhf mixture vs plain sampling, alternating, same batch (one KV cache per model).
+
+    trl's mixture sampling is not timed on its own: called outside its trainer, its
+    ``GeometricMixtureWrapper`` behaves differently from inside ``NashMDTrainer`` (where each
+    step re-runs both models over the whole prefix), so its cost is reported as part of the
+    trl training step only."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from nlhf.sampling import generate
 
@@ -288,33 +293,6 @@ def worker_sampling(args) -> dict:
             "mean_response_tokens": statistics.mean(lengths),
         }
     }
-    if importlib.util.find_spec("trl") is not None:
-        from trl.experimental.nash_md.nash_md_trainer import GeometricMixtureWrapper
-
-        enc = tok(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
-        gc = GenerationConfig(
-            max_new_tokens=NEW_TOKENS,
-            do_sample=True,
-            temperature=1.0,
-            top_k=0,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        wrapper = GeometricMixtureWrapper(
-            policy, reference, gc, mixture_coef=args.beta, device=torch.device(device)
-        )
-        plain_t, mix_t = [], []
-        for _ in range(max(2, args.sampling_repeats // 2)):
-            t, _ = timed(lambda: policy.generate(**enc, generation_config=gc))
-            plain_t.append(t)
-            with torch.no_grad():
-                t, _ = timed(lambda: wrapper.generate(**enc, generation_config=gc))
-            mix_t.append(t)
-        result["trl"] = {
-            "plain_seconds": statistics.median(plain_t),
-            "mixture_seconds": statistics.median(mix_t),
-            "ratio": statistics.median(mix_t) / statistics.median(plain_t),
-        }
     return result
 
 
@@ -455,13 +433,6 @@ def main(argv: list[str] | None = None) -> int:
             s["nlhf"]["mean_response_tokens"] for s in sampling
         ),
     }
-    if all("trl" in s for s in sampling):
-        result["sampling"]["trl_mixture_over_plain"] = statistics.median(
-            s["trl"]["ratio"] for s in sampling
-        )
-        result["sampling"]["trl_mixture_seconds"] = statistics.median(
-            s["trl"]["mixture_seconds"] for s in sampling
-        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
