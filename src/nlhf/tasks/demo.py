@@ -154,8 +154,9 @@ class DemoConfig:
     """where every stage writes its artefacts (and the report, OUTPUT_DIR/07_report/report.md)"""
     seed: int = 0
     """seed of sampling, training and judging (the task has its own seed)"""
-    threads: int = 0
-    """torch CPU threads (0 = torch's default)"""
+    threads: int = 1
+    """torch CPU threads (0 = torch's default); one is fastest for these small models and does
+    not stall when other processes share the cores"""
     until: int = 7
     """stop after this stage (1 task data, 2 SFT, 3 comparisons, 4 preference/reward models,
     5 policies, 6 tournament, 7 report)"""
