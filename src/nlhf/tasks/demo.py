@@ -714,23 +714,42 @@ def what_happened(
         top = max(STYLES, key=lambda s: dist[s])
         if n != "SFT" and dist[top] >= 0.8:
             lines.append(f"- {n} collapsed onto one style: {dist[top]:.0%} `{top}`.")
+    dominant: dict[str, list[str]] = {}
+    for n, dist in styles.items():
+        top = max(STYLES, key=lambda s: dist[s])
+        if n != "SFT" and dist[top] >= 0.8:
+            dominant.setdefault(top, []).append(n)
+    exact = task.style_game()
+    tops = sorted(dominant)
+    for i, a in enumerate(tops):
+        for b in tops[i + 1 :]:
+            p_ab = exact[STYLES.index(a), STYLES.index(b)]
+            win, lose = (a, b) if p_ab > 0.5 else (b, a)
+            lines.append(
+                f"- Under the exact raters `{win}` beats `{lose}` "
+                f"{max(p_ab, 1 - p_ab):.3f} in the style game, so the `{win}` policies "
+                f"({', '.join(dominant[win])}) are favoured over the `{lose}` policies "
+                f"({', '.join(dominant[lose])}) whenever quality is similar."
+            )
     nash = task.nash_style_mixture()
     tv = {
         n: 0.5 * (sum(abs(d[s] - w) for s, w in zip(STYLES, nash)) + d["none"])
         for n, d in styles.items()
     }
-    if tv:
-        closest = min(tv, key=tv.get)
+    trained_tv = {n: v for n, v in tv.items() if n != "SFT"}
+    if trained_tv:
+        closest = min(trained_tv, key=trained_tv.get)
         lines.append(
-            f"- Closest to the Nash mixture of the exact style game: {closest} (total variation "
-            f"{tv[closest]:.2f}; SFT {tv.get('SFT', float('nan')):.2f})."
+            "- Closest trained policy to the Nash mixture of the exact style game: "
+            f"{closest} (total variation {tv[closest]:.2f}; SFT {tv.get('SFT', float('nan')):.2f})."
         )
     pairs = [(0, 1), (1, 2), (2, 0)]
     for name, G in games.items():
         if name == "exact raters":
             continue
         cyclic = all(G[i, j] > 0.5 for i, j in pairs) or all(G[i, j] < 0.5 for i, j in pairs)
-        order = sorted(STYLES, key=lambda s: -G[STYLES.index(s)].mean())
+        wins = {s: sum(G[STYLES.index(s), j] > 0.5 for j in range(len(STYLES))) for s in STYLES}
+        order = sorted(STYLES, key=lambda s: (-wins[s], -G[STYLES.index(s)].mean()))
         lines.append(
             f"- The {name} "
             + (
