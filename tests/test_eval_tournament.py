@@ -84,15 +84,6 @@ def make_prompts(n: int, seed: int = 0) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids spin-waiting on a shared two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("policies")

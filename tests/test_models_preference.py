@@ -42,15 +42,6 @@ BERT = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models gain nothing from intra-op threads, and they thrash on a shared 2-core box
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_tokenizer([" ".join(WORDS)] * 2, kind="word")

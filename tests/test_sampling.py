@@ -23,14 +23,6 @@ WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far"]
 PROMPTS = ["the cat <sep>", "a dog ran far on the mat <sep>", "<sep>", "mat sat <sep>"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return build_tokenizer([" ".join(WORDS)], kind="word")

@@ -25,14 +25,6 @@ WORDS = ["good", "bad", "the", "cat", "sat", "on", "a", "mat"]
 PROMPTS = ["the cat <sep>", "a mat <sep>", "sat on the mat <sep>", "cat <sep>", "a <sep>"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return build_tokenizer([" ".join(WORDS)], kind="word")

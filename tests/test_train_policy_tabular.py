@@ -12,7 +12,6 @@ on rock-paper-scissors (tau = 0) keeps cycling.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -26,14 +25,6 @@ RESPONSES = ["r0", "r1", "r2"]
 P_CYCLE = np.array([[0.5, 0.9, 0.2], [0.1, 0.5, 0.7], [0.8, 0.3, 0.5]])
 RPS = np.array([[0.5, 0.0, 1.0], [1.0, 0.5, 0.0], [0.0, 1.0, 0.5]])
 MU = np.array([0.6, 0.3, 0.1])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tabular_policy(mu: np.ndarray):

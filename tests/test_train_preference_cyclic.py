@@ -9,7 +9,6 @@ import time
 from collections import defaultdict
 
 import pytest
-import torch
 
 from nlhf.data import split_by_prompt
 from nlhf.data.synthetic import cyclic_comparisons, population_prob, style_of
@@ -38,13 +37,7 @@ def _mean_prob_per_pair(judge, comparisons) -> dict[tuple[str, str], float]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    # a tiny model gains nothing from intra-op threads, and they thrash on a shared 2-core box
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield _train_both(tmp_path_factory)
-    finally:
-        torch.set_num_threads(threads)
+    return _train_both(tmp_path_factory)
 
 
 def _train_both(tmp_path_factory):
