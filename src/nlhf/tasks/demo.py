@@ -1074,5 +1074,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     start = time.time()
     report = run_demo(cfg)
-    print(f"report: {report}  ({time.time() - start:.0f} s)")
+    what = "report" if cfg.until == 7 else f"stopped after stage {cfg.until}"
+    print(f"{what}: {report}  ({time.time() - start:.0f} s)")
     return 0
