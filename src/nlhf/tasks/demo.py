@@ -51,8 +51,9 @@ MARKER = ".stage.json"
 class DataStageConfig:
     """Sizes of the task data (stages 1 and 3)."""
 
-    n_demonstrations: int = 4000
-    """human demonstrations (prompt, summary) for SFT"""
+    n_demonstrations: int = 40000
+    """human demonstrations (prompt, summary) for SFT (4000 let the SFT policy memorise them:
+    held-out loss 1.91 vs 1.50 on its training demonstrations)"""
     n_comparisons: int = 20000
     """labelled comparisons of two SFT samples (preference- and reward-model training data)"""
     n_policy_prompts: int = 2000
