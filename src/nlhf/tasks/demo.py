@@ -54,8 +54,9 @@ class DataStageConfig:
     n_demonstrations: int = 40000
     """human demonstrations (prompt, summary) for SFT (4000 let the SFT policy memorise them:
     held-out loss 1.91 vs 1.50 on its training demonstrations)"""
-    n_comparisons: int = 20000
-    """labelled comparisons of two SFT samples (preference- and reward-model training data)"""
+    n_comparisons: int = 80000
+    """labelled comparisons of two SFT samples (preference- and reward-model training data);
+    with one noisy label each, fresh pairs help the models more than extra epochs"""
     n_policy_prompts: int = 2000
     """prompts the policies are trained on"""
     n_eval_prompts: int = 500
@@ -83,7 +84,7 @@ class PreferenceStageConfig:
     """random init: hidden size"""
     n_head: int = 4
     """random init: attention heads"""
-    epochs: float = 4.0
+    epochs: float = 1.0
     """passes over the comparisons"""
     batch_size: int = 64
     """comparisons per step"""
