@@ -42,6 +42,8 @@ class Outer:
     """go fast"""
     inner: Inner = dataclasses.field(default_factory=Inner)
     """nested section"""
+    tuned: Inner = dataclasses.field(default_factory=lambda: Inner(steps=99, lr=0.5))
+    """nested section whose defaults the parent overrides"""
 
     def __post_init__(self) -> None:
         if any(not 0 <= b <= 1 for b in self.betas):
@@ -69,6 +71,12 @@ def test_defaults_yaml_flags_precedence(tmp_path: Path) -> None:
     cfg = parse(["--config", str(path), "--inner.steps", "7", "--fast", "--betas", "0", "1"])
     assert cfg.name == "from-yaml" and cfg.inner == Inner(steps=7, lr=0.5)
     assert cfg.fast is True and cfg.betas == [0.0, 1.0]
+
+
+def test_partial_nested_flags_keep_the_parents_defaults() -> None:
+    cfg = parse(["--tuned.lr", "0.25"])
+    assert cfg.tuned == Inner(steps=99, lr=0.25)
+    assert from_dict(Outer, {"tuned": {"steps": 3}}).tuned == Inner(steps=3, lr=0.5)
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:

@@ -135,8 +135,27 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise ValueError(
             f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(names)}"
         )
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    for k, v in data.items():
+        # A partial mapping for a nested section starts from the parent's default for it, so
+        # ``--sft.n-head 2`` keeps the other values the parent chose for its ``sft`` section.
+        default = fields[k].default_factory  # type: ignore[misc]
+        if isinstance(v, dict) and default is not dataclasses.MISSING:
+            base = default()
+            if dataclasses.is_dataclass(base):
+                v = _deep_merge(to_dict(base), v)
+        kwargs[k] = _convert(v, hints[k], f"{where}.{k}")
     return cls(**kwargs)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
