@@ -15,6 +15,7 @@ from nlhf.data.loaders import (
     split_by_prompt,
     write_jsonl,
 )
+from nlhf.data.prompts import load_prompts
 from nlhf.data.schema import Comparison, InvalidComparisonError, as_text
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "detect_format",
     "drop_shared_prompts",
     "load_comparisons",
+    "load_prompts",
     "split_by_prompt",
     "write_jsonl",
 ]

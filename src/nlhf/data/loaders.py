@@ -128,6 +128,18 @@ def _rows_dataset(ds: Any, label: str) -> Iterator[tuple[str, Any]]:
         yield f"{label}: row {i + 1}", row
 
 
+def _split_rows(ds: Any, split: str | None, label: str) -> Iterator[tuple[str, Any, str | None]]:
+    """Rows of every split of a split mapping (or of ``split`` only), tagged with the split."""
+    names = list(ds.keys())
+    if split is not None:
+        if split not in ds:
+            raise ValueError(f"{label}: no split {split!r}; splits are {names}")
+        names = [split]
+    for name in names:
+        for where, row in _rows_dataset(ds[name], f"{label}[{name}]"):
+            yield where, row, name
+
+
 def _hf_rows(
     path_or_name: str, split: str | None, config_name: str | None
 ) -> Iterator[tuple[str, Any, str | None]]:
@@ -155,14 +167,7 @@ def _hf_rows(
                 f"({type(err).__name__}: {err})"
             ) from None
     if isinstance(ds, datasets.DatasetDict):
-        names = list(ds)
-        if split is not None:
-            if split not in ds:
-                raise ValueError(f"{path_or_name}: no split {split!r}; splits are {names}")
-            names = [split]
-        for name in names:
-            for where, row in _rows_dataset(ds[name], f"{path_or_name}[{name}]"):
-                yield where, row, name
+        yield from _split_rows(ds, split, str(path_or_name))
     else:
         for where, row in _rows_dataset(ds, str(path_or_name)):
             yield where, row, None
@@ -173,14 +178,7 @@ def _dataset_object_rows(ds: Any, split: str | None) -> Iterator[tuple[str, Any,
         hasattr(ds[k], "__iter__") and not isinstance(ds[k], str | dict) for k in ds
     )
     if splits:  # a DatasetDict, or a mapping of split name -> rows
-        names = list(ds.keys())
-        if split is not None:
-            if split not in ds:
-                raise ValueError(f"{type(ds).__name__}: no split {split!r}; splits are {names}")
-            names = [split]
-        for name in names:
-            for where, row in _rows_dataset(ds[name], f"{type(ds).__name__}[{name}]"):
-                yield where, row, name
+        yield from _split_rows(ds, split, type(ds).__name__)
         return
     for where, row in _rows_dataset(ds, type(ds).__name__):
         yield where, row, None

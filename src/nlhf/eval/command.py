@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 from pathlib import Path
 
 from nlhf.config import add_config_arguments, config_from_args
+from nlhf.data.prompts import load_prompts
 from nlhf.eval.tournament import (
     TournamentConfig,
     check_checkpoint,
@@ -40,37 +40,6 @@ BUILTIN_EVAL_PROMPT_SEED = 7_919
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TournamentConfig)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def load_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file (one per line, blank lines skipped) or a JSONL file (``.jsonl``
-    or ``.json``: one JSON string or one object with a ``"prompt"`` string per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
-    lines = path.read_text().splitlines()
-    prompts: list[str] = []
-    jsonl = path.suffix in (".jsonl", ".json")
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if not jsonl:
-            prompts.append(line)
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {i}: not JSON ({err.msg})") from None
-        if isinstance(item, dict):
-            if "prompt" not in item:
-                raise ValueError(f'{path}, line {i}: no "prompt" key (keys: {sorted(item)})')
-            item = item["prompt"]
-        if not isinstance(item, str) or not item.strip():
-            raise ValueError(f"{path}, line {i}: the prompt must be a non-empty string")
-        prompts.append(item)
-    if not prompts:
-        raise ValueError(f"prompts file {path} has no prompts")
-    return prompts
 
 
 def load_task(task_config: Path | None):

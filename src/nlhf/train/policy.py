@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from nlhf.config import save_yaml, to_dict
+from nlhf.data.prompts import load_prompts
 from nlhf.models.judge import Judge, sample_labels
 from nlhf.sampling import (
     AdaptersDisabled,
@@ -190,48 +191,6 @@ class PolicyTrainConfig:
 
 # --------------------------------------------------------------------------------------------
 # inputs
-
-
-def load_prompts(path: str | Path) -> list[str]:
-    """Prompts from ``.txt`` (one per line), ``.jsonl`` (``{"prompt": ...}`` per line, or a JSON
-    string per line) or ``.json`` (a list of strings or of such objects)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    suffix = path.suffix.lower()
-    prompts: list[str] = []
-    if suffix in (".jsonl", ".json"):
-        text = path.read_text()
-        if suffix == ".json":
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: not valid JSON: {err}") from None
-            if not isinstance(rows, list):
-                raise ValueError(f"{path}: expected a JSON list of prompts")
-            numbered = [(i, r) for i, r in enumerate(rows)]
-        else:
-            numbered = []
-            for i, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    numbered.append((i, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {i}: not valid JSON: {err}") from None
-        for i, row in numbered:
-            if isinstance(row, dict):
-                if "prompt" not in row:
-                    raise ValueError(f"{path}, row {i}: no 'prompt' key (keys: {sorted(row)})")
-                row = row["prompt"]
-            if not isinstance(row, str):
-                raise ValueError(f"{path}, row {i}: the prompt must be a string, got {row!r:.80}")
-            prompts.append(row)
-    else:
-        prompts = [line for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompt file {path} contains no prompts")
-    return prompts
 
 
 def _load_models(cfg: PolicyTrainConfig, policy, reference, tokenizer):
