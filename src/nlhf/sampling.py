@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nlhf.models.chat import encode_prompts, stop_token_ids
+
 __all__ = [
     "Samples",
     "generate",
@@ -198,17 +200,6 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt, as written (no BOS/EOS added; special tokens in the text kept)."""
-    if isinstance(prompts, str):
-        raise ValueError("prompts must be a list of strings, got a single string")
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    for i, ids in enumerate(encoded):
-        if len(ids) == 0:
-            raise ValueError(f"prompt {i} ({prompts[i]!r}) is empty after tokenization")
-    return [list(ids) for ids in encoded]
-
-
 def left_pad(
     sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,9 +297,11 @@ def generate(
     """Sample one response per prompt from ``policy`` or from the token-level mixture
     ``softmax((1 - beta) logits_policy + beta logits_reference)`` (paper §6, Nash-MD-PG).
 
-    Prompts are tokenized as written (no BOS added), left-padded, and each model keeps its own
-    KV cache, so a token costs one incremental forward of each model with non-zero weight.
-    Sampling stops at ``tokenizer.eos_token_id`` or after ``max_new_tokens``. The models are run
+    Prompts are text (tokenized as written, no BOS added) or chat message lists (rendered by the
+    tokenizer's chat template with the generation prompt, :mod:`nlhf.models.chat`), left-padded;
+    each model keeps its own KV cache, so a token costs one incremental forward of each model
+    with non-zero weight. Sampling stops at EOS or the chat template's end-of-turn token
+    (:func:`nlhf.models.chat.stop_token_ids`), or after ``max_new_tokens``. The models are run
     in eval mode (dropout off) and restored to their previous mode afterwards.
     ``prompt_token_ids`` (optional) are the prompts already tokenized, to skip re-encoding.
     """
@@ -481,7 +474,7 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
     models = [m for m, _, _ in plan.runs]
     device = _model_device(models[0])
     pad_id = _pad_id(tokenizer)
-    eos_id = tokenizer.eos_token_id
+    stop_ids = torch.tensor(stop_token_ids(tokenizer), dtype=torch.long, device=device)
     prompt_ids, prompt_mask = left_pad(encoded, pad_id, device)  # (b, P)
     b, P = prompt_ids.shape
     limit = min(context_length(m) or 10**9 for m in models)
@@ -539,8 +532,7 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
             tokens.append(token)
             masks.append(live.long())
             logps.append(torch.where(live, logp.gather(-1, token[:, None])[:, 0], 0.0))
-            if eos_id is not None:
-                done = done | (live & (token == eos_id))
+            done = done | (live & torch.isin(token, stop_ids))  # EOS or end of turn
             if bool(done.all()) or t == steps - 1:
                 break
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)

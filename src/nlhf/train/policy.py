@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from nlhf.config import save_yaml, to_dict
 from nlhf.data.prompts import load_prompts
+from nlhf.models.chat import is_chat
 from nlhf.models.judge import Judge, sample_labels
 from nlhf.sampling import (
     AdaptersDisabled,
@@ -262,8 +263,8 @@ def _check_prompts(
     if prompts is None or len(prompts) == 0:
         raise ValueError("prompts: the prompt set is empty")
     for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise ValueError(f"prompts: prompt {i} is not a string: {p!r:.80}")
+        if not (isinstance(p, str) or is_chat(p)):
+            raise ValueError(f"prompts: prompt {i} is neither text nor chat messages: {p!r:.80}")
     encoded = encode_prompts(tokenizer, prompts)
     lengths = [len(ids) for ids in encoded]
     limit = context_length(policy)
