@@ -26,7 +26,6 @@ One tournament:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -43,14 +42,8 @@ import torch
 from tqdm.auto import tqdm
 
 from nlhf.eval.intervals import bootstrap_interval, clopper_pearson, t_interval
+from nlhf.models.checkpoint import check_causal_lm, load_causal_lm
 from nlhf.models.judge import Judge, sample_labels
-
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 
 
 @dataclass
@@ -352,94 +345,14 @@ def parse_policy_specs(specs: Sequence[str]) -> dict[str, Path]:
 
 
 def check_checkpoint(name: str, path: str | Path) -> None:
-    """Fail fast with a ``ValueError`` naming ``name`` and ``path`` unless ``path`` looks like a
-    loadable causal-LM checkpoint with a tokenizer: the directory exists, its config parses and
-    names a causal-LM architecture, a weight file is present and its header is intact
-    (safetensors) or it unpickles (``.bin``), and the tokenizer loads."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    what = f"policy {name!r} ({path})"
-    if not path.exists():
-        raise ValueError(f"{what}: checkpoint does not exist")
-    if not path.is_dir():
-        raise ValueError(f"{what}: checkpoint must be a directory (save_pretrained output)")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{what}: no config.json, not a Hugging Face checkpoint")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as err:  # noqa: BLE001 - any failure means a bad checkpoint
-        raise ValueError(f"{what}: corrupted config.json ({_first_line(err)})") from None
-    try:
-        with torch.device("meta"):
-            AutoModelForCausalLM.from_config(config)
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"{what}: not a causal language model ({_first_line(err)})") from None
-    weights = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
-    weights += sorted(path.glob("model-*.safetensors"))
-    if not weights:
-        raise ValueError(f"{what}: no weights ({' or '.join(WEIGHT_FILES[::2])})")
-    for file in weights:
-        try:
-            _check_weight_file(file)
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(
-                f"{what}: corrupted weight file {file.name} ({_first_line(err)})"
-            ) from None
-    try:
-        AutoTokenizer.from_pretrained(path)
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"{what}: tokenizer does not load ({_first_line(err)})") from None
-
-
-def _check_weight_file(file: Path) -> None:
-    if file.name.endswith(".index.json"):
-        index = json.loads(file.read_text())
-        for shard in sorted(set(index["weight_map"].values())):
-            if not (file.parent / shard).is_file():
-                raise FileNotFoundError(f"missing shard {shard}")
-            _check_weight_file(file.parent / shard)
-    elif file.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as f:  # validates header and file size
-            if not list(f.keys()):
-                raise ValueError("no tensors")
-    else:
-        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]
+    """Fail fast with a ``ValueError`` naming policy ``name`` and ``path`` unless ``path`` is a
+    loadable causal-LM checkpoint with a tokenizer (see ``nlhf.models.checkpoint``)."""
+    check_causal_lm(path, f"policy {name!r}")
 
 
 def load_policy(name: str, path: str | Path, device: str | torch.device = "cpu"):
-    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from ``path``, in eval mode on ``device``;
-    any failure becomes a ``ValueError`` naming the policy."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        with _quiet_loading():
-            model = AutoModelForCausalLM.from_pretrained(path)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as err:  # noqa: BLE001
-        raise ValueError(f"policy {name!r} ({path}): cannot load ({_first_line(err)})") from None
-    return model.to(device).eval(), tokenizer
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """No "Loading weights" bars from transformers under the tournament's own progress bar."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+    """Model (in its stored dtype, eval mode, on ``device``) and tokenizer of policy ``name``."""
+    return load_causal_lm(path, f"policy {name!r}", dtype="auto", device=device)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,227 @@
+"""The one loader for causal-LM checkpoints (policies, references, SFT starts, tournament pools).
+
+Every command loads a policy through :func:`load_causal_lm`, which first runs
+:func:`check_causal_lm`: the path exists and is a directory, ``config.json`` parses and names a
+causal-LM architecture, it is not a preference/reward-model directory, the weight files are
+present and intact (safetensors header and size, or a loadable ``.bin``), the weights are not
+quantized, and the tokenizer loads, has tokens, has an EOS token and fits the model's vocabulary.
+Each failure is a ``ValueError`` naming what was being loaded, the path and the file.
+
+Precision (``dtype``): weights that will be trained are loaded as float32 master copies
+whatever the checkpoint's dtype (bf16 weights cannot absorb small optimizer steps);
+``dtype="auto"`` keeps the stored dtype, for frozen models (a reference policy, a judge) that may
+stay in half precision to save memory. :func:`stored_dtype` reads the checkpoint's dtype, e.g. to
+save a trained policy in the dtype it came in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+__all__ = [
+    "first_line",
+    "WEIGHT_FILES",
+    "DTypeName",
+    "check_causal_lm",
+    "load_causal_lm",
+    "load_tokenizer",
+    "stored_dtype",
+    "resolve_dtype",
+    "quiet_loading",
+]
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the marker file of preference / reward models written by `nlhf train-preference`
+_SCORING_MARKER = "nlhf_model.json"
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters)."""
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+def _read_config(path: Path, what: str) -> dict[str, Any]:
+    file = path / "config.json"
+    if not file.is_file():
+        raise ValueError(f"{what} ({path}): no config.json, not a Hugging Face checkpoint")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} ({path}): corrupted config.json ({first_line(err)})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{what} ({path}): config.json is not a JSON object")
+    return config
+
+
+def stored_dtype(path: str | Path) -> torch.dtype:
+    """The dtype a checkpoint's weights are stored in (``config.json``), float32 if unstated."""
+    config = _read_config(Path(path), "checkpoint")
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return _DTYPES.get(str(name).replace("torch.", ""), torch.float32)
+
+
+def resolve_dtype(dtype: DTypeName | torch.dtype, path: str | Path) -> torch.dtype:
+    """``"auto"`` -> the checkpoint's stored dtype; a name -> that torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return stored_dtype(path)
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype: expected one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _check_weight_file(file: Path) -> None:
+    if file.name.endswith(".index.json"):
+        index = json.loads(file.read_text())
+        for shard in sorted(set(index["weight_map"].values())):
+            if not (file.parent / shard).is_file():
+                raise FileNotFoundError(f"missing shard {shard}")
+            _check_weight_file(file.parent / shard)
+    elif file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:  # validates header and file size
+            if not list(f.keys()):
+                raise ValueError("no tensors")
+    else:
+        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+
+
+def load_tokenizer(path: str | Path, what: str = "tokenizer"):
+    """``AutoTokenizer`` from ``path``, checked: it loads, has tokens and an EOS token."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{what} ({path}): does not exist")
+    files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if path.is_dir() and not any((path / f).is_file() for f in files):
+        raise ValueError(f"{what} ({path}): no tokenizer files ({', '.join(files)})")
+    try:
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # noqa: BLE001 - any failure means a bad tokenizer
+        raise ValueError(f"{what} ({path}): tokenizer does not load ({first_line(err)})") from None
+    if len(tokenizer) == 0:
+        raise ValueError(f"{what} ({path}): the tokenizer has an empty vocabulary")
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{what} ({path}): the tokenizer has no EOS token, so responses never end")
+    return tokenizer
+
+
+def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = True) -> None:
+    """Fail fast, without loading the weights, unless ``path`` is a loadable causal-LM
+    checkpoint (see the module docstring). ``tokenizer=False`` skips the tokenizer checks."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if str(path).endswith(".gguf"):
+        raise ValueError(
+            f"{what} ({path}): a GGUF file is not a trainable checkpoint; convert it to a "
+            "Hugging Face directory first (see nlhf.models.pretrained for an example)"
+        )
+    if not path.exists():
+        raise ValueError(f"{what} ({path}): checkpoint does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{what} ({path}): must be a directory (save_pretrained output)")
+    if (path / _SCORING_MARKER).is_file():
+        raise ValueError(
+            f"{what} ({path}): this is a preference/reward-model directory ({_SCORING_MARKER}), "
+            "not a policy (causal language model) checkpoint"
+        )
+    raw = _read_config(path, what)
+    quant = raw.get("quantization_config")
+    if isinstance(quant, dict):
+        method = quant.get("quant_method", "unknown")
+        raise ValueError(
+            f"{what} ({path}): the weights are quantized ({method}); nlhf trains and samples "
+            "float weights: dequantize the checkpoint first"
+        )
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{what} ({path}): corrupted config.json ({first_line(err)})") from None
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(
+            f"{what} ({path}): not a causal language model ({first_line(err)})"
+        ) from None
+    weights = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
+    weights += sorted(path.glob("model-*.safetensors"))
+    if not weights:
+        raise ValueError(f"{what} ({path}): no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    for file in weights:
+        try:
+            _check_weight_file(file)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(
+                f"{what} ({path}): corrupted weight file {file.name} ({first_line(err)})"
+            ) from None
+    if tokenizer:
+        tok = load_tokenizer(path, what)
+        vocab = getattr(config, "vocab_size", None)
+        if isinstance(vocab, int) and len(tok) > vocab:
+            raise ValueError(
+                f"{what} ({path}): the tokenizer has {len(tok)} tokens but the model's "
+                f"vocabulary has only {vocab}"
+            )
+
+
+def load_causal_lm(
+    path: str | Path,
+    what: str = "policy",
+    *,
+    dtype: DTypeName | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    with_tokenizer: bool = True,
+):
+    """``(model, tokenizer)`` from a checked causal-LM checkpoint, the model in eval mode.
+
+    ``dtype``: ``"float32"`` (default: trainable master weights), ``"auto"`` (as stored, for
+    frozen models), or ``"bfloat16"`` / ``"float16"``. ``with_tokenizer=False`` returns
+    ``(model, None)`` and skips the tokenizer checks. Errors are ``ValueError`` naming ``what``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    check_causal_lm(path, what, tokenizer=with_tokenizer)
+    torch_dtype = resolve_dtype(dtype, path)
+    try:
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{what} ({path}): cannot load ({first_line(err)})") from None
+    if device is not None:
+        model = model.to(device)
+    tokenizer = load_tokenizer(path, what) if with_tokenizer else None
+    return model.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """No "Loading weights" progress bars from transformers (e.g. under our own bars)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
