@@ -18,8 +18,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 from pathlib import Path
 
 from nlhf.config import add_config_arguments, config_from_args
@@ -30,7 +28,7 @@ from nlhf.eval.tournament import (
     parse_policy_specs,
     run_tournament,
 )
-from nlhf.models.judge import CallableJudge, Judge
+from nlhf.models.judge import Judge
 
 # Prompts drawn for --judge builtin without --prompts use their own stream of the task, so they
 # differ from the prompts the demo trains on (seed 0, 1, ...).
@@ -64,44 +62,15 @@ def load_task(task_config: Path | None):
 
 
 def build_judge(spec: str, task=None, device: str | None = None) -> Judge:
-    """``builtin`` | ``python:MODULE:FUNCTION`` | a model directory -> a ``Judge``."""
+    """``builtin`` (the built-in task's raters) or any spec of
+    :func:`nlhf.models.judges.resolve_judge` -> a ``Judge``."""
     if spec == "builtin":
         if task is None:
             task = load_task(None)
         return task.judge()
-    if spec.startswith("python:"):
-        target = spec[len("python:") :]
-        module_name, sep, attr = target.rpartition(":")
-        if not sep or not module_name or not attr:
-            raise ValueError(f"--judge {spec!r}: expected python:MODULE:FUNCTION")
-        try:
-            if module_name.endswith(".py") or "/" in module_name:
-                file = Path(module_name)
-                if not file.is_file():
-                    raise FileNotFoundError(f"--judge {spec!r}: {file} does not exist")
-                mod_spec = importlib.util.spec_from_file_location(file.stem, file)
-                module = importlib.util.module_from_spec(mod_spec)
-                mod_spec.loader.exec_module(module)
-            else:
-                module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise ValueError(f"--judge {spec!r}: cannot import {module_name} ({err})") from None
-        obj = getattr(module, attr, None)
-        if obj is None:
-            raise ValueError(f"--judge {spec!r}: {module_name} has no attribute {attr!r}")
-        if callable(getattr(obj, "prob", None)):
-            return obj
-        if callable(obj):
-            return CallableJudge(obj)
-        raise ValueError(f"--judge {spec!r}: {attr} is neither a Judge nor a callable")
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"--judge {spec!r}: no such model directory (or use 'builtin' / python:MODULE:FN)"
-        )
-    from nlhf.models import load_judge
+    from nlhf.models.judges import resolve_judge
 
-    return load_judge(path, device=device)
+    return resolve_judge(spec, device=device)
 
 
 def run(args: argparse.Namespace) -> int:

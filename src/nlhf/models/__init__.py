@@ -15,6 +15,8 @@ from nlhf.models.judges import (
     RewardModelJudge,
     load_judge,
     make_judge,
+    register_judge_scheme,
+    resolve_judge,
 )
 from nlhf.models.preference import (
     KINDS,
@@ -48,5 +50,7 @@ __all__ = [
     "make_judge",
     "pretrained_backbone",
     "random_backbone",
+    "register_judge_scheme",
+    "resolve_judge",
     "sample_labels",
 ]

@@ -4,16 +4,22 @@
 ``RewardModelJudge`` a Bradley-Terry reward model (``prob`` through BT, plus ``reward`` for the
 RLHF baseline). ``load_judge(path)`` reads the ``nlhf_model.json`` marker and returns the right
 one. All are batched, take no gradient and return float32 tensors on the CPU.
+
+:func:`resolve_judge` turns the ``--judge`` string of every command into a judge: a model
+directory, ``python:MODULE:FUNCTION``, or ``SCHEME:REST`` for a scheme registered with
+:func:`register_judge_scheme`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import importlib.util
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from nlhf.models.judge import _check_batch
+from nlhf.models.judge import CallableJudge, Judge, _check_batch
 from nlhf.models.preference import (
     RewardModel,
     ScoringModel,
@@ -115,3 +121,70 @@ def load_judge(
     checkpoint as a ``reward`` or ``pairwise`` model). ``device``: default CUDA when available.
     """
     return make_judge(load_model(path, kind=kind), device, batch_size)
+
+
+# --------------------------------------------------------------------------------------------
+# --judge specifications
+
+JudgeFactory = Callable[..., Judge]
+"""``factory(rest, device=..., batch_size=...) -> Judge`` for a spec ``SCHEME:REST``."""
+_SCHEMES: dict[str, JudgeFactory] = {}
+
+
+def register_judge_scheme(name: str, factory: JudgeFactory) -> None:
+    """Make ``--judge NAME:REST`` resolve to ``factory(REST, device=..., batch_size=...)``."""
+    if not name.isidentifier():
+        raise ValueError(f"judge scheme {name!r}: must be an identifier")
+    _SCHEMES[name] = factory
+
+
+def _python_judge(target: str, device=None, batch_size: int = 64) -> Judge:
+    spec = f"python:{target}"
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--judge {spec!r}: expected python:MODULE:FUNCTION")
+    try:
+        if module_name.endswith(".py") or "/" in module_name:
+            file = Path(module_name)
+            if not file.is_file():
+                raise FileNotFoundError(f"--judge {spec!r}: {file} does not exist")
+            mod_spec = importlib.util.spec_from_file_location(file.stem, file)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--judge {spec!r}: cannot import {module_name} ({err})") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ValueError(f"--judge {spec!r}: {module_name} has no attribute {attr!r}")
+    if callable(getattr(obj, "prob", None)):
+        return obj
+    if callable(obj):
+        return CallableJudge(obj)
+    raise ValueError(f"--judge {spec!r}: {attr} is neither a Judge nor a callable")
+
+
+register_judge_scheme("python", _python_judge)
+
+
+def resolve_judge(
+    spec: str, device: str | torch.device | None = None, batch_size: int = 64
+) -> Judge:
+    """The judge a ``--judge`` string names: an existing model directory (written by
+    ``nlhf train-preference``), ``python:MODULE:FUNCTION`` (a ``Judge`` object or a callable
+    ``fn(prompts, a, b)`` returning ``P(a > b)``; MODULE may be a ``.py`` file), or
+    ``SCHEME:REST`` for a registered scheme."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ValueError("--judge: empty judge specification")
+    path = Path(spec)
+    if path.exists():
+        return load_judge(path, device=device, batch_size=batch_size)
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme in _SCHEMES:
+        return _SCHEMES[scheme](rest, device=device, batch_size=batch_size)
+    known = ", ".join(f"{k}:..." for k in sorted(_SCHEMES))
+    raise FileNotFoundError(
+        f"--judge {spec!r}: no such model directory, and not a known judge scheme ({known})"
+    )

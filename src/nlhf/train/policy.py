@@ -80,7 +80,8 @@ class PolicyTrainConfig:
     tokenizer: str | None = None
     """tokenizer directory (default: the one saved with the policy)"""
     judge: str | None = None
-    """preference-model or reward-model directory, loaded with nlhf.models.load_judge"""
+    """the judge: a preference- or reward-model directory, python:MODULE:FUNCTION, or another
+    registered judge scheme (nlhf.models.judges.resolve_judge)"""
     judge_batch_size: int = 64
     """batch size of the judge's forward passes"""
     prompts: str | None = None
@@ -246,9 +247,9 @@ def _load_judge(cfg: PolicyTrainConfig, judge):
     if judge is None:
         if cfg.judge is None:
             raise ValueError("judge: give a preference-model or reward-model directory (--judge)")
-        from nlhf.models import load_judge  # engineer D's loader
+        from nlhf.models.judges import resolve_judge
 
-        judge = load_judge(cfg.judge, batch_size=cfg.judge_batch_size)
+        judge = resolve_judge(cfg.judge, batch_size=cfg.judge_batch_size)
     if cfg.reward_model and not callable(getattr(judge, "reward", None)):
         raise ValueError("reward_model: the judge has no .reward(prompts, responses) method")
     if not cfg.reward_model and not callable(getattr(judge, "prob", None)):
