@@ -99,3 +99,18 @@ def test_errors_name_the_key_and_file(tmp_path: Path) -> None:
         parse(["--betas", "2"])
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_yaml(Outer, tmp_path / "missing.yaml")
+
+
+def test_non_finite_numbers_are_rejected_naming_the_field():
+    from dataclasses import dataclass
+
+    from nlhf.config import from_dict
+
+    @dataclass
+    class C:
+        tau: float = 0.1
+        """strength"""
+
+    for bad in ("nan", "inf", "-Infinity", float("nan")):
+        with pytest.raises(ValueError, match=r"config.tau: must be a finite number"):
+            from_dict(C, {"tau": bad})

@@ -14,6 +14,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -106,7 +107,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError(f"{where}: expected a number, got {value!r}")
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(f"{where}: must be a finite number, got {value!r}")
+            return number
         if tp is str:
             return str(value)
         if tp is Path:
