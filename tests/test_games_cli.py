@@ -75,7 +75,7 @@ def test_unregularized_game_skips_what_needs_tau(tmp_path, capsys):
     "args, message",
     [
         (["--algorithms", "nash-md", "bogus"], "unknown ['bogus']"),
-        (["--tau", "-1"], "tau must be >= 0"),
+        (["--tau", "-1"], "tau must be a finite number >= 0"),
         (["--game", "rps", "--mu", "0.5", "0.5", "0.5"], "mu sums to 1.5"),
         (["--iterations", "0"], "iterations must be >= 1"),
     ],

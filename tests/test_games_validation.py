@@ -125,7 +125,7 @@ def test_bad_csv_files(tmp_path):
     with pytest.raises(ValueError, match=r"cell.csv, line 2, column 2: 'oops' is not a number"):
         load_matrix(bad_cell)
     ragged = _write(tmp_path, "ragged.csv", "0.5,0.4,0.3\n0.6,0.5\n0.7,0.5,0.5\n")
-    with pytest.raises(ValueError, match=r"ragged.csv, line 2: 2 numbers, but the first row has 3"):
+    with pytest.raises(ValueError, match=r"ragged.csv, line 2: 2 cells, but line 1 has 3"):
         load_matrix(ragged)
     wide = _write(tmp_path, "wide.csv", "0.5,0.4,0.3\n0.6,0.5,0.2\n")
     with pytest.raises(ValueError, match=r"wide.csv: P must be square, got 2 rows and 3 columns"):

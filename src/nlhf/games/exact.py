@@ -88,8 +88,8 @@ def solve_nash_lp(
     Args:
         P: ``(n, n)`` preference matrix (``P[i, j] = P(y_i > y_j)``), or ``(C, n, n)``.
         rho: context weights for a batch (default uniform); only the returned value uses them.
-        time_limit: seconds for HiGHS per context (``None``: no limit). Exceeding it raises
-            ``TimeoutError``.
+        time_limit: seconds for HiGHS, all contexts together (each context gets what the
+            earlier ones left; ``None``: no limit). Exceeding it raises ``TimeoutError``.
         return_info: also return a dict with ``seconds`` and HiGHS' status message.
 
     Returns:
@@ -102,8 +102,13 @@ def solve_nash_lp(
     C, n, _ = P3.shape
     start = time.perf_counter()
     pis, values, messages = [], [], []
-    options = {} if time_limit is None else {"time_limit": float(time_limit)}
     for c in range(C):
+        options = {}
+        if time_limit is not None:
+            left = float(time_limit) - (time.perf_counter() - start)
+            if left <= 0:
+                raise TimeoutError(f"the time limit ran out before context {c} of {C}")
+            options["time_limit"] = left
         # variables (pi_1..pi_n, v); minimise -v s.t. v - sum_i pi_i P[i, j] <= 0, sum pi = 1.
         A_ub = np.hstack([-P3[c].T, np.ones((n, 1))])
         A_eq = np.hstack([np.ones((1, n)), np.zeros((1, 1))])
@@ -313,7 +318,7 @@ def _tangent(P, s, v, tau, info: SolveInfo, state: dict) -> np.ndarray:
     ``J dv/dtau = -P (diag(s) - s s^T) v / tau^2`` (one mat-vec and one GMRES solve).
     """
     Dv = s * v - s * (s @ v)
-    rhs = -(P @ Dv) / tau**2
+    rhs = -(P @ Dv) / (tau * tau)
     info.matvecs += 1
     jacobian_times = _jacobian(state["P_jac"], s, v, tau, info)
     preconditioner = state.get("preconditioner") or _identity

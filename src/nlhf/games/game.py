@@ -3,8 +3,23 @@
 A preference game is a matrix ``P`` with ``P[i, j] = P(y_i > y_j)`` (row beats column), so that
 ``P + P^T = 1`` and the diagonal is 1/2, a reference policy ``mu`` and a regularisation strength
 ``tau``. With contexts (prompts) ``x``, ``P`` is a batch ``(C, n, n)``, ``mu`` is ``(C, n)`` and
-``rho`` weights the contexts. Nothing here is renormalised silently: bad input raises a
-``ValueError`` that names the entry and says by how much it is off.
+``rho`` weights the contexts. Bad input raises a ``ValueError`` that names the entry and says by
+how much it is off; nothing is repaired beyond rounding: a ``P`` accepted within the tolerance
+(``1e-9``, or a few units of float32 / float16 rounding for such data) is made exactly
+consistent, ``P <- (P + 1 - P^T) / 2`` (each entry moves by at most half the tolerance), and an
+accepted ``rho`` is divided by its sum.
+
+``tau`` is 0 (the unregularised game) or in ``[TAU_MIN, TAU_MAX] = [1e-6, 1e12]``; outside that
+range float64 cannot represent the regularised game faithfully:
+
+- below ``1e-6`` the fixed point ``pi ∝ mu exp(P pi / tau)`` has logits beyond ``1e6``, whose
+  rounding (``1e6 * 2e-16``) is no longer negligible against the duality gaps to be resolved
+  (the solver stops converging at ``tau ~ 1e-9``), and Theorem 1's bound ``8 / (tau^2 (T + 1))``
+  exceeds ``8e12 / T``; ``pi*_tau`` is then within ``O(tau)`` of a Nash equilibrium of the
+  unregularised game, which ``tau = 0`` computes exactly (LP);
+- above ``1e12``, ``pi*_tau = mu (1 + O(1 / tau))`` agrees with ``mu`` to 12 digits, while the
+  gap of a float64 policy (whose entries are rounded at ``1e-16``) is of order
+  ``tau * 1e-32``, which reaches the solver's tolerance ``1e-12`` at ``tau ~ 1e18``.
 
 Quantities (paper §3, §4; ``pi`` is one policy per context):
 
@@ -14,8 +29,11 @@ Quantities (paper §3, §4; ``pi`` is one policy per context):
 - regularised preference
   ``P_tau(pi' > pi) = P(pi' > pi) - tau KL_rho(pi', mu) + tau KL_rho(pi, mu)`` and its
   duality gap ``max_pi' P_tau(pi' > pi) - 1/2``, whose maximiser has the closed form
-  ``pi'(y) ∝ mu(y) exp(P(y > pi) / tau)``, so that the gap is
-  ``tau log sum_y mu(y) exp(P(y > pi) / tau) + tau KL(pi, mu) - 1/2`` per context;
+  ``BR(y) ∝ mu(y) exp(P(y > pi) / tau)``, so that the gap is
+  ``tau log sum_y mu(y) exp(P(y > pi) / tau) + tau KL(pi, mu) - 1/2
+  = tau KL(pi, BR) + P(pi > pi) - 1/2`` per context. The second form is what is computed: with
+  :func:`kl_from_logs` it has no cancellation, so the gap stays accurate to about ``1e-16``
+  however large ``tau`` is (the first form loses ``tau * 1e-16``);
 - ``KL(pi*_tau, pi)``, the quantity Theorem 1 bounds.
 """
 
@@ -27,13 +45,64 @@ import numpy as np
 
 ArrayLike = np.ndarray
 
+TAU_MIN = 1e-6
+"""Smallest supported ``tau > 0`` (see the module docstring for why)."""
+TAU_MAX = 1e12
+"""Largest supported ``tau`` (see the module docstring for why)."""
+SYMMETRY_ATOL = 1e-9
+"""Default tolerance of ``P + P^T = 1`` and of ``sum(mu) = 1`` for float64 data."""
+
+
+def check_tau(tau: object, name: str = "tau") -> float:
+    """``tau`` as a float if it is 0 or in ``[TAU_MIN, TAU_MAX]``, else a ``ValueError`` saying
+    why the range is what it is."""
+    try:
+        value = float(tau)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {tau!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {tau!r}")
+    if 0 < value < TAU_MIN:
+        raise ValueError(
+            f"{name} = {value:g} is below the supported range [{TAU_MIN:g}, {TAU_MAX:g}] (or 0): "
+            f"the regularised equilibrium's logits P pi / tau would exceed 1e6, beyond what "
+            f"float64 resolves, and Theorem 1's bound 8 / (tau^2 (T + 1)) is vacuous; the "
+            f"regularised equilibrium is then within O(tau) of a Nash equilibrium of the "
+            f"unregularised game: use {name} = 0 for that (solved exactly by LP)"
+        )
+    if value > TAU_MAX:
+        raise ValueError(
+            f"{name} = {value:g} is above the supported range [{TAU_MIN:g}, {TAU_MAX:g}] (or 0): "
+            f"the regularised equilibrium is mu to 12 digits there (pi*_tau = mu (1 + O(1 / "
+            f"tau))), and rounding a policy to float64 alone moves its regularised duality gap "
+            f"by about tau * 1e-32"
+        )
+    return value
+
+
+def default_atol(dtype: np.dtype) -> float:
+    """Tolerance of ``P + P^T = 1`` for data of ``dtype``: ``1e-9``, or 4 units of rounding of a
+    coarser float type (float32: 4.8e-7, float16: 3.9e-3)."""
+    if np.issubdtype(dtype, np.floating):
+        return max(SYMMETRY_ATOL, 4.0 * float(np.finfo(dtype).eps))
+    return SYMMETRY_ATOL
+
 
 def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
-def _check_matrix(P: np.ndarray, atol: float, name: str = "P") -> np.ndarray:
-    """Validate one preference matrix or a batch of them; return a float64 (C, n, n) copy."""
+def _check_matrix(P: np.ndarray, atol: float | None, name: str = "P") -> np.ndarray:
+    """Validate one preference matrix or a batch of them; return a float64 (C, n, n) copy that
+    satisfies ``P + P^T = 1`` to rounding (an accepted matrix is projected onto it)."""
+    source = np.asarray(P) if isinstance(P, np.ndarray) else None
+    if source is not None and (
+        np.iscomplexobj(source)
+        or not (np.issubdtype(source.dtype, np.number) or source.dtype == np.bool_)
+    ):
+        raise ValueError(f"{name}: expected real numbers, got dtype {source.dtype}")
+    if atol is None:
+        atol = default_atol(source.dtype) if source is not None else SYMMETRY_ATOL
     try:
         P = np.array(P, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -59,13 +128,13 @@ def _check_matrix(P: np.ndarray, atol: float, name: str = "P") -> np.ndarray:
         raise ValueError(
             f"{where(idx)} = {P3[tuple(idx)]} is not finite ({int(bad.sum())} such entries)"
         )
-    low, high = P3 < 0.0, P3 > 1.0
+    low, high = P3 + atol < 0.0, P3 - atol > 1.0
     if low.any() or high.any():
         off = np.where(low, -P3, 0.0) + np.where(high, P3 - 1.0, 0.0)
         idx = np.unravel_index(np.argmax(off), off.shape)
         raise ValueError(
             f"{where(idx)} = {_fmt(P3[idx])} is outside [0, 1] by {_fmt(off[idx])} "
-            f"({int((low | high).sum())} entries outside [0, 1])"
+            f"({int((low | high).sum())} entries outside [0, 1]; tolerance {atol:g})"
         )
     sym = P3 + np.swapaxes(P3, 1, 2) - 1.0
     err = np.abs(sym)
@@ -77,6 +146,10 @@ def _check_matrix(P: np.ndarray, atol: float, name: str = "P") -> np.ndarray:
             f"{where(idx)} + {other} = {_fmt(P3[idx] + P3[c, j, i])}, should be 1 "
             f"(P(a > b) + P(b > a) = 1); off by {_fmt(sym[idx])} (tolerance {atol:g})"
         )
+    if err.max() > 4 * np.finfo(np.float64).eps or (P3 < 0).any() or (P3 > 1).any():
+        # within the tolerance: project onto P + P^T = 1 and [0, 1] (clipping a pair keeps
+        # its sum, since P[i, j] > 1 goes with P[j, i] < 0)
+        P3 = np.clip(0.5 * (P3 - np.swapaxes(P3, 1, 2) + 1.0), 0.0, 1.0)
     return P3
 
 
@@ -128,9 +201,12 @@ class PreferenceGame:
             context. Entries in [0, 1] and ``P + P^T = 1`` within ``atol``.
         mu: reference policy, ``(n,)`` (shared by every context) or ``(C, n)``, strictly positive
             and summing to 1 within ``atol``. Default: uniform.
-        tau: KL regularisation strength, ``>= 0`` (``tau = 0`` is the unregularised game).
+        tau: KL regularisation strength: 0 (the unregularised game) or in
+            ``[TAU_MIN, TAU_MAX] = [1e-6, 1e12]`` (see the module docstring for why).
         rho: context weights ``(C,)`` on the simplex; only for a batch. Default: uniform.
-        atol: tolerance of the checks ``P + P^T = 1`` and ``sum(mu) = 1``.
+        atol: tolerance of the checks ``P + P^T = 1`` and ``sum(mu) = 1``; default ``1e-9``, or
+            4 units of rounding of ``P``'s float type if it is coarser (float32: ``4.8e-7``).
+            An accepted ``P`` is projected onto ``P + P^T = 1``: ``(P + 1 - P^T) / 2``.
 
     Attributes ``P3 (C, n, n)``, ``mu3 (C, n)``, ``log_mu3 (C, n)`` and ``rho (C,)`` are the
     batched forms every algorithm works on; ``policy_shape`` is ``(n,)`` or ``(C, n)``.
@@ -140,28 +216,24 @@ class PreferenceGame:
     mu: np.ndarray | None = None
     tau: float = 0.1
     rho: np.ndarray | None = None
-    atol: float = 1e-9
+    atol: float | None = None
 
     def __post_init__(self) -> None:
         P3 = _check_matrix(self.P, self.atol)
         batched = np.ndim(self.P) == 3
         C, n, _ = P3.shape
-        try:
-            tau = float(self.tau)
-        except (TypeError, ValueError):
-            raise ValueError(f"tau must be a number, got {self.tau!r}") from None
-        if not np.isfinite(tau) or tau < 0:
-            raise ValueError(f"tau must be a finite number >= 0, got {self.tau!r}")
+        tau = check_tau(self.tau)
+        simplex_atol = SYMMETRY_ATOL if self.atol is None else self.atol
         if self.mu is None:
             mu3 = np.full((C, n), 1.0 / n)
         else:
             mu_arr = np.asarray(self.mu)
             if mu_arr.ndim == 1:
                 mu3 = np.broadcast_to(
-                    _check_simplex(mu_arr, (n,), "mu", self.atol, positive=True), (C, n)
+                    _check_simplex(mu_arr, (n,), "mu", simplex_atol, positive=True), (C, n)
                 ).copy()
             elif batched:
-                mu3 = _check_simplex(mu_arr, (C, n), "mu", self.atol, positive=True)
+                mu3 = _check_simplex(mu_arr, (C, n), "mu", simplex_atol, positive=True)
             else:
                 raise ValueError(f"mu must have shape ({n},), got {mu_arr.shape}")
         if self.rho is None:
@@ -169,7 +241,8 @@ class PreferenceGame:
         else:
             if not batched:
                 raise ValueError("rho (context weights) needs a (C, n, n) batch of matrices P")
-            rho = _check_simplex(self.rho, (C,), "rho", self.atol, positive=False)
+            rho = _check_simplex(self.rho, (C,), "rho", simplex_atol, positive=False)
+            rho = rho / rho.sum()  # accepted within the tolerance: an exact distribution
         set_ = object.__setattr__
         set_(self, "P", P3 if batched else P3[0])
         set_(self, "mu", mu3 if batched else mu3[0])
@@ -236,15 +309,75 @@ def logsumexp_last(x: np.ndarray) -> np.ndarray:
 
 
 def normalize_log(logits: np.ndarray) -> np.ndarray:
-    """Log-probabilities from logits along the last axis (log-softmax)."""
-    return logits - logsumexp_last(logits)
+    """Log-probabilities from logits along the last axis (log-softmax).
+
+    Shifted by the maximum first, so that huge logits (``|x| ~ 1e300`` after a huge step) do
+    not absorb the normaliser: ``(x - m) - log sum exp(x - m)``.
+    """
+    m = logits.max(axis=-1, keepdims=True)
+    shifted = logits - np.where(np.isfinite(m), m, 0.0)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _expm1_minus_x(x: np.ndarray) -> np.ndarray:
+    """``phi(x) = e^x - 1 - x >= 0`` without cancellation: Taylor series to ``x^12 / 12!`` for
+    ``|x| <= 0.1`` (truncation below ``1e-20`` relative), ``expm1(x) - x`` beyond."""
+    small = np.abs(x) <= 0.1
+    xs = np.where(small, x, 0.0)
+    series = np.full_like(xs, 1.0 / 479001600.0)  # 1/12!
+    factorial = 479001600.0
+    for k in range(11, 1, -1):  # Horner: 1/2! + x/3! + ... + x^10/12!
+        factorial /= k + 1
+        series = 1.0 / factorial + xs * series
+    xb = np.where(small, 0.0, x)
+    with np.errstate(over="ignore"):
+        return np.where(small, xs * xs * series, np.expm1(xb) - xb)
+
+
+def kl_from_logs(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """``KL(p, q)`` per row from log-probabilities ``(C, n)``; rows are normalised here and
+    ``-inf`` is probability 0 (``KL = inf`` if ``q = 0`` where ``p > 0``).
+
+    Computed in the centred form ``KL = log sum_y w_y e^{x_y} + log(1 + q's mass off supp(p))``
+    with ``w = p / sum p``, ``r = log p - log q`` and ``x = E_w[r] - r`` (so ``E_w[x] = 0``):
+    ``KL = log1p(sum_y w_y phi(x_y) + off)`` with ``phi(x) = e^x - 1 - x >= 0``. Every term is
+    non-negative, so nothing cancels: an error ``e`` in the logs changes ``KL`` by about
+    ``e |x| + e^2`` (not ``e``), which keeps ``tau KL`` accurate for large ``tau`` (the naive
+    ``sum p (log p - log q)`` loses ``tau * 1e-16``).
+    """
+    log_p = np.asarray(log_p, dtype=np.float64)
+    log_q = np.asarray(log_q, dtype=np.float64)
+    lse_p = logsumexp_last(log_p)  # (C, 1)
+    log_w = log_p - lse_p
+    w = np.exp(log_w)  # (C, n) normalised p
+    supp = w > 0
+    impossible = np.any(supp & (log_q == -np.inf), axis=-1)  # (C,) q = 0 where p > 0
+    with np.errstate(invalid="ignore"):
+        r = np.where(supp & (log_q > -np.inf), log_p - log_q, 0.0)
+        c = np.sum(w * r, axis=-1, keepdims=True)  # (C, 1) E_w[r]
+        x = np.where(supp, c - r, 0.0)  # centred
+        huge = x > 700.0
+        on = np.where(huge, 0.0, w * _expm1_minus_x(np.where(huge, 0.0, x)))
+        log_huge = np.where(huge & supp, log_w + x, -np.inf)  # w e^x of the huge terms
+        log_off = np.where(supp, -np.inf, log_q + c - lse_p)  # q's mass off supp(p), rescaled
+    with np.errstate(over="ignore"):
+        total = on.sum(axis=-1) + np.exp(log_off).sum(axis=-1) + np.exp(log_huge).sum(axis=-1)
+    out = np.log1p(total)
+    overflow = ~np.isfinite(total)
+    if overflow.any():  # KL > ~700: the log-sum-exp of the same terms, accurate at that size
+        log_terms = np.concatenate([np.log(np.maximum(on, 1e-300)), log_off, log_huge], axis=-1)[
+            overflow
+        ]
+        out[overflow] = logsumexp_last(log_terms)[:, 0]
+    out[impossible] = np.inf
+    return np.maximum(out, 0.0)
 
 
 def kl_batch(p3: np.ndarray, q3: np.ndarray) -> np.ndarray:
-    """``KL(p, q)`` per row, ``(C, n) x (C, n) -> (C,)``; terms with ``p = 0`` count 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p3 > 0, p3 * (np.log(p3) - np.log(q3)), 0.0)
-    return terms.sum(axis=-1)
+    """``KL(p, q)`` per row, ``(C, n) x (C, n) -> (C,)``; terms with ``p = 0`` count 0 (see
+    :func:`kl_from_logs`)."""
+    with np.errstate(divide="ignore"):
+        return kl_from_logs(np.log(p3), np.log(q3))
 
 
 def regularized_best_response_log(
@@ -261,15 +394,19 @@ def gap_from_values(
     tau: float,
     rho: np.ndarray,
 ) -> float:
-    """Regularised duality gap given ``values3 = P @ pi`` (saves a mat-vec), log-space KL.
+    """Regularised duality gap given ``values3 = P @ pi`` (saves a mat-vec).
 
-    ``log_pi3`` may hold ``-inf`` for responses of probability 0.
+    ``gap = E_rho[tau KL(pi, BR) + P(pi > pi)] - 1/2`` with ``BR ∝ mu exp(P pi / tau)`` (the
+    closed-form maximiser), computed without cancellation by :func:`kl_from_logs`. ``log_pi3``
+    may hold ``-inf`` for responses of probability 0; ``pi`` is normalised here.
     """
-    pi3 = np.exp(log_pi3)
-    best = tau * logsumexp_last(log_mu3 + values3 / tau)[:, 0]  # (C,) max_pi' pi'.v - tau KL
-    with np.errstate(invalid="ignore"):
-        kl_terms = np.where(pi3 > 0, pi3 * (log_pi3 - log_mu3), 0.0)
-    return float(rho @ (best + tau * kl_terms.sum(axis=-1)) - 0.5)
+    lse = logsumexp_last(log_pi3)  # (C, 1) log sum pi
+    pi_hat = np.exp(log_pi3 - lse)
+    values_hat = values3 * np.exp(-lse)  # P pi_hat
+    log_br = log_mu3 + values_hat / tau  # BR up to its normaliser
+    self_preference = np.sum(pi_hat * values_hat, axis=-1)  # P(pi > pi) = 1/2 up to rounding
+    kl_br = kl_from_logs(log_pi3, log_br)
+    return float(rho @ (tau * kl_br + self_preference) - 0.5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,7 +44,11 @@ def _check(game: PreferenceGame, eta: float, name: str) -> float:
 
 
 def _prox(log_pi, log_mu, g, eta, tau):
-    return normalize_log((log_pi + eta * tau * log_mu + eta * g) / (1.0 + eta * tau))
+    # (log pi + eta tau log mu + eta g) / (1 + eta tau), with weights that stay finite for any
+    # eta (eta -> inf: the regularised best response log mu + g / tau)
+    a = eta * tau
+    w_pi, w_mu, w_g = 1.0 / (1.0 + a), 1.0 / (1.0 / a + 1.0), 1.0 / (1.0 / eta + tau)
+    return normalize_log(w_pi * log_pi + w_mu * log_mu + w_g * g)
 
 
 def magnetic_md(

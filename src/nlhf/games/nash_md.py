@@ -29,7 +29,8 @@ from nlhf.games.trajectory import Recorder, Trajectory, initial_log_policy, step
 
 def theorem1_bound(tau: float, T: np.ndarray | int) -> np.ndarray | float:
     """Theorem 1's last-iterate bound ``8 / (tau^2 (T + 1))`` on ``KL(pi*_tau, pi_T)``."""
-    return 8.0 / (tau**2 * (np.asarray(T, dtype=np.float64) + 1.0))
+    tau = np.float64(tau)
+    return 8.0 / (tau * tau * (np.asarray(T, dtype=np.float64) + 1.0))
 
 
 def nash_md(
