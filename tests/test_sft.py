@@ -143,6 +143,13 @@ def test_nlhf_sft_command_random_init(tmp_path, demo_file, tiny_config, capsys):
     assert "bad.jsonl: line 2: field '*': cannot tell the format" in capsys.readouterr().err
     rc = main(["sft", "--data", str(demo_file), "--output-dir", str(tmp_path / "none")])
     assert rc == 2 and "model / random_init" in capsys.readouterr().err
+    # a datasets object in memory (any demonstration format)
+    import datasets
+
+    rows = [json.loads(x) for x in demo_file.open()]
+    cfg = SFTTrainConfig(random_init=tiny_config, tokenizer_kind="word", steps=1,
+                         eval_fraction=0.0, save_every=0, output_dir=tmp_path / "mem")  # fmt: skip
+    assert train_sft(cfg, train=datasets.Dataset.from_list(rows))["train/demonstrations"] == 60
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -238,3 +245,64 @@ def test_demo_call_with_a_model_config_file(task, tmp_path):
             task.demonstrations(prompts),
             tokenizer=task.tokenizer(),
         )
+
+
+DDP_WORKER = """
+import json, sys
+import torch
+from nlhf.data import Demonstration
+from nlhf.train.sft import SFTTrainConfig, train_sft
+
+torch.set_num_threads(1)
+base = sys.argv[1]
+demos = [Demonstration(p, r) for p, r in json.load(open(base + "/demos.json"))]
+cfg = SFTTrainConfig(random_init=base + "/tiny.json", tokenizer=base + "/tok", steps=3,
+                     batch_size=4, grad_accum=2, lr=1e-2, eval_fraction=0.0, save_every=0,
+                     log_every=1, cpu=True, progress=False, output_dir=base + "/" + sys.argv[2])
+train_sft(cfg, train=demos)
+"""
+
+
+def test_two_processes_take_the_step_of_one(tmp_path, task, tiny_config):
+    """DDP (2 CPU processes, gloo) with the same global batch ends where one process ends: the
+    loss is normalised by the step's response tokens over all processes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    prompts = task.prompts(16, seed=9)
+    demos = list(zip(prompts, task.demonstrations(prompts, seed=9)))
+    (tmp_path / "demos.json").write_text(json.dumps(demos))
+    (tmp_path / "tiny.json").write_text(tiny_config.read_text())
+    task.tokenizer().save_pretrained(tmp_path / "tok")
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(port), str(script), str(tmp_path), "ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = SFTTrainConfig(random_init=tmp_path / "tiny.json", tokenizer=str(tmp_path / "tok"),
+                         steps=3, batch_size=4, grad_accum=2, lr=1e-2, eval_fraction=0.0,
+                         save_every=0, log_every=1, cpu=True, progress=False,
+                         output_dir=tmp_path / "one")  # fmt: skip
+    train_sft(cfg, train=[Demonstration(p, r) for p, r in demos])  # the same, one process
+    # the same loss at every step, and the same learned function (weights with ~0 gradient,
+    # e.g. the key bias under the softmax, carry float noise that Adam amplifies: compare outputs)
+    losses = [
+        [json.loads(x)["train/loss"] for x in (tmp_path / run / "metrics.jsonl").open()]
+        for run in ("ddp", "one")
+    ]
+    assert len(losses[0]) == 3 and losses[0][0] != losses[0][2]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    batch = tok(prompts[:4], return_tensors="pt", padding=True)
+    logits = [
+        AutoModelForCausalLM.from_pretrained(tmp_path / run)(**batch).logits
+        for run in ("ddp", "one")
+    ]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-4)

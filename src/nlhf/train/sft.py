@@ -16,7 +16,7 @@ One optimizer step (:func:`train_sft`, top to bottom):
    micro-batches and across processes;
 2. right-pad ``prompt + response``; labels are the response tokens (-100 elsewhere);
 3. next-token cross-entropy summed over the response tokens (logits only from the first
-   response position on), divided by the step's response tokens on this process;
+   response position on), divided by the step's response tokens (over all processes);
 4. clip, AdamW on float32 master weights (bf16/fp16 compute through accelerate's autocast),
    learning-rate schedule.
 
@@ -180,6 +180,7 @@ def load_sft_data(
 ) -> tuple[list[Demonstration], list[Demonstration]]:
     """Training and held-out demonstrations: from memory, ``data``/``eval_data``, a split of
     ``data`` or a prompt-disjoint share of it; eval never shares a prompt with train."""
+    train, evals = _in_memory(train, cfg, cfg.split), _in_memory(evals, cfg, cfg.eval_split)
     eval_from_data = evals is None and cfg.eval_data is None and cfg.eval_split is not None
     if train is None:
         if cfg.data is None:
@@ -218,6 +219,18 @@ def load_sft_data(
     if not train:
         raise ValueError("data: no training demonstrations left")
     return train, evals
+
+
+def _in_memory(items, cfg: SFTTrainConfig, split: str | None) -> list[Demonstration] | None:
+    """Demonstrations as given, or converted from a ``datasets`` object (its ``split``) / row
+    mappings."""
+    if (
+        items is None
+        or isinstance(items, list | tuple)
+        and all(isinstance(d, Demonstration) for d in items)
+    ):
+        return None if items is None else list(items)
+    return list(load_demonstrations(items, cfg.format, split, cfg.skip_invalid))
 
 
 def encode_demonstrations(
@@ -485,8 +498,10 @@ def train_sft(
     """Fine-tune ``cfg.model`` (or a random ``cfg.random_init`` model) on demonstrations; write
     ``cfg.output_dir``; return the final metrics.
 
-    ``train`` / ``eval``: demonstrations in memory instead of ``cfg.data`` / ``cfg.eval_data``;
-    ``tokenizer``: a tokenizer object instead of ``cfg.tokenizer``.
+    ``train`` / ``eval``: demonstrations in memory instead of ``cfg.data`` / ``cfg.eval_data``
+    (``Demonstration`` objects, a ``datasets.Dataset`` or a list of row mappings in any format of
+    :func:`nlhf.data.load_demonstrations`); ``tokenizer``: a tokenizer object instead of
+    ``cfg.tokenizer``.
     """
     if isinstance(cfg, SFTConfig):  # the demo's call: train_sft(cfg, prompts, responses, tok)
         return _train_demo_sft(cfg, train, eval, tokenizer)  # type: ignore[arg-type]
@@ -611,17 +626,21 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
             first = m * micro + accelerator.process_index * per_process
             micro_rows.append([rows[i] for i in order[first : first + per_process]])
         n_step = sum(len(r) for mr in micro_rows for _, r in mr)  # response tokens, this process
+        n_all = n_step
+        if world > 1:  # the mean over the step's tokens on all processes, like one big batch
+            n_all = int(accelerator.reduce(torch.tensor(n_step, device=accelerator.device), "sum"))
+        scale = world / n_all  # DDP averages the processes' gradients
         for m, batch_rows in enumerate(micro_rows):
             # 2. right-padded prompt + response, labels on the response only
             batch = collate(batch_rows, pad_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            # 3. summed token NLL / the step's response tokens
+            # 3. summed token NLL / the step's response tokens (over all processes)
             sync = m == cfg.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:
                 with accelerator.autocast():
                     nll, _ = response_nll(model, batch, keep_logits)
-                accelerator.backward(nll / n_step)
+                accelerator.backward(nll * scale)
             window_nll += float(nll.detach())
         window_tokens += n_step
         # 4. clip, AdamW, schedule
