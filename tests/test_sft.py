@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 from nlhf.cli import main
 from nlhf.data import Demonstration
+from nlhf.models.chat import render_prompt_ids, render_response_ids
 from nlhf.sampling import generate
 from nlhf.tasks.summaries import STYLES, SummaryTask
 from nlhf.train import sft
@@ -64,6 +65,11 @@ def test_loss_is_on_response_tokens_only(task):
     for i, (p, r) in enumerate(rows):
         labels = batch["labels"][i]
         assert p == tok(prompts[i], add_special_tokens=False)["input_ids"]
+        # the batched text path renders like the policy's helpers
+        assert (p, r) == (
+            render_prompt_ids(tok, demos[i].prompt),
+            render_response_ids(tok, demos[i].prompt, demos[i].response),
+        )
         assert r[-1] == tok.eos_token_id  # the response ends with EOS, which is learnt too
         assert torch.all(labels[: len(p)] == -100)
         assert labels[len(p) : len(p) + len(r)].tolist() == r
@@ -251,6 +257,7 @@ DDP_WORKER = """
 import json, sys
 import torch
 from nlhf.data import Demonstration
+from nlhf.models.chat import render_prompt_ids, render_response_ids
 from nlhf.train.sft import SFTTrainConfig, train_sft
 
 torch.set_num_threads(1)

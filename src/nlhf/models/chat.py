@@ -36,6 +36,7 @@ __all__ = [
     "is_chat",
     "has_chat_template",
     "as_messages",
+    "response_text",
     "render_prompt_ids",
     "render_response_ids",
     "render_chat_turns",
