@@ -326,7 +326,12 @@ def test_ultrafeedback_binarized_prompt_comes_out_of_the_chats():
     ] and first.response_a[0]["content"].startswith("Start small")
     assert first.response_b == [{"role": "assistant", "content": "Drawing is a skill."}]
     assert first.label == 1.0 and first.split == "train_prefs" and len(rows) == 8
-    # a text prompt that is not a turn of the chats stays as it is
+    # the chats' shared user turn is the prompt (even where the text field differs slightly)
+    user = {"role": "user", "content": question + " "}
+    row = {"prompt": question, "chosen": [user, *first.response_a]}
+    row["rejected"] = [user, *first.response_b]
+    assert convert_row(row).prompt == [user] and convert_row(row).response_a == first.response_a
+    # replies alone (no shared turn): the text prompt stays as it is
     row = {"prompt": "Other.", "chosen": first.response_a, "rejected": first.response_b}
     assert convert_row(row).prompt == "Other."
 

@@ -96,9 +96,10 @@ def from_chosen_rejected(row: Mapping[str, Any]) -> Comparison:
                 chosen, rejected = chosen[n:], rejected[n:]
         elif isinstance(prompt, str):
             # UltraFeedback-binarized: a text prompt, and chosen/rejected are whole chats that
-            # start with it as a user turn; the shared leading messages become the prompt.
+            # start with it as a user turn; the shared leading messages (ending with a user
+            # turn) are the conversation the replies answer, so they become the prompt.
             n = _shared_messages(chosen, rejected)
-            if any(_is_user_turn(m, prompt) for m in chosen[:n]):
+            if n and _is_user(chosen[n - 1]):
                 prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
     return Comparison(
         prompt,
@@ -118,13 +119,8 @@ def _shared_messages(a: list[Any], b: list[Any]) -> int:
     return n
 
 
-def _is_user_turn(message: Any, text: str) -> bool:
-    return (
-        isinstance(message, Mapping)
-        and message.get("role") == "user"
-        and isinstance(message.get("content"), str)
-        and message["content"].strip() == text.strip()
-    )
+def _is_user(message: Any) -> bool:
+    return isinstance(message, Mapping) and message.get("role") == "user"
 
 
 def _split_dialogues(chosen: str, rejected: str) -> tuple[str, str, str]:
