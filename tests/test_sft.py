@@ -149,6 +149,8 @@ def test_nlhf_sft_command_random_init(tmp_path, demo_file, tiny_config, capsys):
     assert "bad.jsonl: line 2: field '*': cannot tell the format" in capsys.readouterr().err
     rc = main(["sft", "--data", str(demo_file), "--output-dir", str(tmp_path / "none")])
     assert rc == 2 and "model / random_init" in capsys.readouterr().err
+    rc = main(["sft", "--data", str(demo_file), "--model", "HuggingFaceTB/SmolLM2-135M"])
+    assert rc == 2 and "hf download HuggingFaceTB/SmolLM2-135M" in capsys.readouterr().err
     # a datasets object in memory (any demonstration format)
     import datasets
 

@@ -328,6 +328,12 @@ def build_model(cfg: SFTTrainConfig, tokenizer, model_config: dict[str, Any] | N
     from nlhf.models.preference import read_model_config
 
     if cfg.model is not None:
+        if not Path(cfg.model).exists() and cfg.model.count("/") == 1:
+            name = cfg.model.split("/")[1]
+            raise ValueError(
+                f"model: {cfg.model} is not a local directory; models are read from disk: "
+                f"download it first, e.g. hf download {cfg.model} --local-dir models/{name}"
+            )
         model, own_tokenizer = load_causal_lm(cfg.model, "model", dtype="float32")
         tokenizer = tokenizer or own_tokenizer
         if len(tokenizer) > model.config.vocab_size:
