@@ -1,4 +1,5 @@
-"""Loaders, format converters, validation errors and prompt-disjoint splits of nlhf.data."""
+"""Loaders, format converters, validation errors and prompt-disjoint splits of nlhf.data:
+comparisons, SFT demonstrations and prompt sets."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from nlhf.data import (
     Comparison,
     InvalidComparisonError,
     as_text,
+    convert_demonstration,
     convert_row,
     drop_shared_prompts,
     load_comparisons,
+    load_demonstrations,
+    load_prompts,
     split_by_prompt,
     write_jsonl,
 )
@@ -69,7 +73,7 @@ def test_chosen_rejected_plain_and_conversational():
 def test_summarize_from_feedback_jsonl_and_parquet():
     rows = load_comparisons(FIXTURES / "summarize_from_feedback.jsonl")
     first = rows[0]
-    assert first.prompt.startswith("SUBREDDIT: r/relationships\nTITLE: How do I make friends")
+    assert first.prompt.startswith("SUBREDDIT: r/relationships\n\nTITLE: How do I make friends")
     assert first.prompt.endswith("How do adults make friends?\n\nTL;DR:")
     assert first.response_b == "I have no friends."
     assert first.label == 1.0 and rows[1].label == 0.0  # choice 0 -> a, choice 1 -> b
@@ -304,3 +308,119 @@ def test_local_looking_paths_never_go_to_the_hub(tmp_path):
     for name in (str(tmp_path / "no" / "such" / "dir"), "./missing_dir", "runs/x/y"):
         with pytest.raises(FileNotFoundError, match="no such file or directory"):
             load_comparisons(name)
+
+
+# ----------------------------------------------------------------------------- public recipe data
+
+RECIPES = Path(__file__).parent / "fixtures" / "recipes"
+UF = RECIPES / "ultrafeedback_binarized"  # HuggingFaceH4/ultrafeedback_binarized's layout
+
+
+def test_ultrafeedback_binarized_prompt_comes_out_of_the_chats():
+    rows = load_comparisons(UF, split="train_prefs")
+    first = rows[0]
+    question = "How can I develop a habit of drawing daily?"
+    assert first.prompt == [{"role": "user", "content": question}]
+    assert first.response_a == [
+        {"role": "assistant", "content": first.response_a[0]["content"]}
+    ] and first.response_a[0]["content"].startswith("Start small")
+    assert first.response_b == [{"role": "assistant", "content": "Drawing is a skill."}]
+    assert first.label == 1.0 and first.split == "train_prefs" and len(rows) == 8
+    # the chats' shared user turn is the prompt (even where the text field differs slightly)
+    user = {"role": "user", "content": question + " "}
+    row = {"prompt": question, "chosen": [user, *first.response_a]}
+    row["rejected"] = [user, *first.response_b]
+    assert convert_row(row).prompt == [user] and convert_row(row).response_a == first.response_a
+    # replies alone (no shared turn): the text prompt stays as it is
+    row = {"prompt": "Other.", "chosen": first.response_a, "rejected": first.response_b}
+    assert convert_row(row).prompt == "Other."
+
+
+def test_demonstrations_in_the_public_formats(tmp_path):
+    tldr = load_demonstrations(RECIPES / "tldr", split="train")  # trl-lib/tldr: prompt/completion
+    assert len(tldr) == 6 and tldr[0].split == "train"
+    assert tldr[0].prompt.startswith("SUBREDDIT: r/relationships\n\nTITLE: ")
+    assert tldr[0].prompt.endswith("\n\nTL;DR:") and tldr[0].response.startswith(" Moved")
+    chat = load_demonstrations(UF, split="test_sft")  # the last assistant message is the reply
+    assert chat[0].prompt == [{"role": "user", "content": "What is the capital of Canada?"}]
+    assert chat[0].response == [
+        {"role": "assistant", "content": "The capital of Canada is Ottawa."}
+    ]
+    carper = {"prompt": "POST: x\nTL;DR:", "label": " y"}  # CarperAI/openai_summarize_tldr
+    assert convert_demonstration(carper).response == " y"
+    multi = {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."},
+        ]
+    }
+    demo = convert_demonstration(multi)
+    assert len(demo.prompt) == 3 and demo.response == [multi["messages"][3]]
+
+
+@pytest.mark.parametrize(
+    ("row", "pattern"),
+    [
+        ({"prompt": "p"}, r"line 2: field '\*': cannot tell the format"),
+        ({"prompt": "p", "completion": "  "}, "line 2: field 'completion': is empty"),
+        ({"prompt": "", "completion": "c"}, "line 2: field 'prompt': is empty"),
+        ({"prompt": "p", "completion": None}, "line 2: field 'completion': is missing"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}]},
+            "line 2: field 'messages': has no assistant message",
+        ),
+        (
+            {"messages": [{"role": "assistant", "content": "hi"}]},
+            "line 2: field 'messages': the assistant message has no prompt",
+        ),
+        ({"messages": [{"content": "hi"}]}, "line 2: field 'messages': message 0 must be"),
+    ],
+)
+def test_bad_demonstrations_name_file_line_and_field(tmp_path, row, pattern):
+    good = {"prompt": "p", "completion": "c"}
+    path = _write(tmp_path, "sft.jsonl", json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=pattern) as err:
+        load_demonstrations(path)
+    assert str(path) in str(err.value)
+    kept = load_demonstrations(path, skip_invalid=True)
+    assert len(kept) == 1 and len(kept.skipped) == 1
+    with pytest.raises(ValueError, match="format: unknown format 'chat'"):
+        load_demonstrations(path, format="chat")
+
+
+def test_prompts_from_data_sets_splits_and_chats(tmp_path):
+    # NAME:SPLIT on a data set directory (as for a hub name such as trl-lib/tldr:test)
+    test = load_prompts(f"{RECIPES / 'tldr'}:test")
+    assert len(test) == 3 and all(p.endswith("TL;DR:") for p in test)
+    assert load_prompts(RECIPES / "tldr", split="validation") == load_prompts(
+        f"{RECIPES / 'tldr'}:validation"
+    )
+    # UltraFeedback rows: the "messages" chat up to the reply, i.e. the user turn
+    chats = load_prompts(f"{UF}:test_gen")
+    assert chats[0] == [{"role": "user", "content": "What is the capital of Canada?"}]
+    rows = [
+        {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
+        {"messages": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey"}]},
+        {"prompt": "plain", "split": "b"},
+    ]
+    path = _write(tmp_path, "p.jsonl", "\n".join(json.dumps(r) for r in rows))
+    prompts = load_prompts(path)
+    assert prompts[0] == rows[0]["prompt"] and prompts[1] == [rows[1]["messages"][0]]
+    assert load_prompts(path, split="b") == ["plain"] == load_prompts(f"{path}:b")
+    parquet = tmp_path / "p.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"prompt": "x"}, {"prompt": "y"}]), parquet)
+    assert load_prompts(parquet) == ["x", "y"]
+    bad = _write(tmp_path, "bad.jsonl", '{"prompt": [{"role": "user"}]}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 1: field 'prompt': message 0 must"):
+        load_prompts(bad)
+    with pytest.raises(ValueError, match=r"no \"prompt\" key \(nor \"messages\""):
+        load_prompts(_write(tmp_path, "k.jsonl", '{"text": "x"}\n'))
+    with pytest.raises(ValueError, match="no prompts with split 'zz'"):
+        load_prompts(path, split="zz")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        load_prompts(tmp_path / "missing.jsonl")

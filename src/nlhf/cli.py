@@ -14,6 +14,10 @@ import sys
 # name -> (module, one-line help). Order is the order of the data flow.
 COMMANDS: dict[str, tuple[str, str]] = {
     "tabular": ("nlhf.games.command", "Nash-MD and baselines on tabular preference games"),
+    "sft": (
+        "nlhf.train.sft_command",
+        "supervised fine-tuning on demonstrations (the reference mu)",
+    ),
     "train-preference": (
         "nlhf.train.preference_command",
         "train a pairwise preference model or a Bradley-Terry reward model",

@@ -5,10 +5,11 @@ Formats (``format=`` in :func:`nlhf.data.load_comparisons`):
 - ``native``: ``prompt, response_a, response_b, label[, rater, split]`` (what ``write_jsonl``
   writes).
 - ``chosen_rejected``: ``prompt, chosen, rejected`` (TRL / UltraFeedback-binarized style), plain
-  text or chat message lists; ``a = chosen``, label 1.
+  text or chat message lists; ``a = chosen``, label 1. A prompt repeated at the start of the
+  chosen/rejected chats is taken out of them (UltraFeedback-binarized: a text prompt, whole chats).
 - ``summarize_from_feedback``: OpenAI's comparisons (Stiennon et al. 2020), ``info.post`` (or
   ``info.article``), ``summaries[i].text``, ``choice`` (index of the preferred summary); the prompt
-  is laid out as ``SUBREDDIT: r/... TITLE: ... POST: ... TL;DR:``.
+  is laid out as ``SUBREDDIT: r/...\\n\\nTITLE: ...\\n\\nPOST: ...\\n\\nTL;DR:``.
 - ``hh_rlhf``: Anthropic HH-RLHF, ``chosen`` and ``rejected`` full dialogues; their shared prefix
   up to the last ``Assistant:`` turn is the prompt. Also takes chat message lists without a
   ``prompt`` key (the shared leading messages are the prompt).
@@ -87,11 +88,19 @@ def from_chosen_rejected(row: Mapping[str, Any]) -> Comparison:
     prompt = _maybe_json(_get(row, "prompt"))
     chosen = _maybe_json(_get(row, "chosen"))
     rejected = _maybe_json(_get(row, "rejected"))
-    if isinstance(prompt, list) and isinstance(chosen, list) and isinstance(rejected, list):
-        # Some conversational datasets repeat the prompt inside chosen/rejected: drop it.
-        n = len(prompt)
-        if n and chosen[:n] == prompt and rejected[:n] == prompt:
-            chosen, rejected = chosen[n:], rejected[n:]
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        if isinstance(prompt, list):
+            # Some conversational datasets repeat the prompt inside chosen/rejected: drop it.
+            n = len(prompt)
+            if n and chosen[:n] == prompt and rejected[:n] == prompt:
+                chosen, rejected = chosen[n:], rejected[n:]
+        elif isinstance(prompt, str):
+            # UltraFeedback-binarized: a text prompt, and chosen/rejected are whole chats that
+            # start with it as a user turn; the shared leading messages (ending with a user
+            # turn) are the conversation the replies answer, so they become the prompt.
+            n = _shared_messages(chosen, rejected)
+            if n and _is_user(chosen[n - 1]):
+                prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
     return Comparison(
         prompt,
         chosen,
@@ -100,6 +109,18 @@ def from_chosen_rejected(row: Mapping[str, Any]) -> Comparison:
         rater=_optional_str(row, "rater"),
         split=_optional_str(row, "split"),
     )
+
+
+def _shared_messages(a: list[Any], b: list[Any]) -> int:
+    """How many leading messages two chats share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _is_user(message: Any) -> bool:
+    return isinstance(message, Mapping) and message.get("role") == "user"
 
 
 def _split_dialogues(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -124,9 +145,7 @@ def from_hh_rlhf(row: Mapping[str, Any]) -> Comparison:
     chosen = _maybe_json(_get(row, "chosen"))
     rejected = _maybe_json(_get(row, "rejected"))
     if isinstance(chosen, list) and isinstance(rejected, list):
-        n = 0
-        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-            n += 1
+        n = _shared_messages(chosen, rejected)
         if n == 0:
             raise InvalidComparisonError("chosen", "chosen and rejected share no leading messages")
         prompt, a, b = chosen[:n], chosen[n:], rejected[n:]
@@ -150,7 +169,9 @@ def from_hh_rlhf(row: Mapping[str, Any]) -> Comparison:
 
 
 def summary_prompt(info: Mapping[str, Any]) -> str:
-    """The TL;DR prompt layout of Stiennon et al. (2020) for an ``info`` record."""
+    """The TL;DR prompt layout of Stiennon et al. (2020) for an ``info`` record:
+    ``SUBREDDIT: r/...\\n\\nTITLE: ...\\n\\nPOST: ...\\n\\nTL;DR:``, the layout of the TL;DR SFT
+    data ``trl-lib/tldr``, so that policy prompts and comparison prompts read the same."""
     if info.get("post"):
         parts = []
         if info.get("subreddit"):
@@ -158,7 +179,7 @@ def summary_prompt(info: Mapping[str, Any]) -> str:
         if info.get("title"):
             parts.append(f"TITLE: {info['title']}")
         parts.append(f"POST: {info['post']}")
-        return "\n".join(parts) + "\n\nTL;DR:"
+        return "\n\n".join(parts) + "\n\nTL;DR:"
     if info.get("article"):
         return f"ARTICLE: {info['article']}\n\nTL;DR:"
     raise InvalidComparisonError("info.post", "is missing (no 'post' nor 'article' in info)")

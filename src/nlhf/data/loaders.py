@@ -23,7 +23,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ FILE_SUFFIXES[".parquet"] = "parquet"
 
 
 class Comparisons(list):
-    """A ``list[Comparison]`` that also says what was dropped with ``skip_invalid``.
+    """A ``list[Comparison]`` (or of other loaded items) that also says what was dropped with
+    ``skip_invalid``.
 
     ``skipped``: one message per dropped row (``"file: line 3: field 'label': ..."``);
     ``source``: where the rows came from.
@@ -212,6 +213,88 @@ def _looks_like_hub_name(name: str) -> bool:
 # ----------------------------------------------------------------------------- public API
 
 
+def read_rows(
+    path_or_name: str | Path | Any, split: str | None = None, config_name: str | None = None
+) -> tuple[Iterator[tuple[str, Any, str | None]], str, bool]:
+    """The raw rows of any supported source, before conversion.
+
+    Returns ``(rows, source, from_file)``: ``rows`` yields ``(where, row, split_name)`` with
+    ``where`` naming the file and line/row for error messages (a row that is not valid JSON is
+    a ``ValueError`` in place of the row); ``split_name`` is the dataset split a row came from
+    (``None`` for files, whose rows may carry their own ``split`` field).
+    """
+    if not isinstance(path_or_name, str | Path):  # an in-memory datasets.Dataset(Dict)
+        return _dataset_object_rows(path_or_name, split), type(path_or_name).__name__, False
+    source = str(path_or_name)
+    path = Path(path_or_name)
+    if path.is_file():
+        return _file_rows(path), source, True
+    if path.is_dir() or _looks_like_hub_name(source):
+        return _hf_rows(source, split, config_name), source, False
+    raise FileNotFoundError(f"{path}: no such file or directory")
+
+
+def load_rows(
+    path_or_name: str | Path | Any,
+    convert: Callable[[Any], Any],
+    *,
+    split: str | None = None,
+    skip_invalid: bool = False,
+    config_name: str | None = None,
+    what: str = "rows",
+    result: type[Comparisons] | None = None,
+) -> Comparisons:
+    """Read a source (:func:`read_rows`) and convert every row with ``convert(row)``.
+
+    ``convert`` raises :class:`InvalidComparisonError` (or another error with a ``field``) for a
+    bad row; the error is re-raised as ``ValueError`` naming the file, line/row and field, or,
+    with ``skip_invalid``, the row is dropped and counted. A converted item that has a ``split``
+    attribute of ``None`` gets the dataset split it came from; for a file, ``split`` keeps the
+    items whose ``split`` equals it. ``what`` names the items in "no valid ..." errors.
+    """
+    rows, source, from_file = read_rows(path_or_name, split, config_name)
+    kept: list[Any] = []
+    skipped: list[str] = []
+    seen_splits: set[str | None] = set()
+    for where, row, row_split in rows:
+        try:
+            if isinstance(row, Exception):
+                raise row
+            item = convert(row)
+        except InvalidComparisonError as err:
+            message = f"{where}: {err}"
+            if not skip_invalid:
+                raise ValueError(message) from None
+            skipped.append(message)
+            continue
+        except ValueError as err:
+            if not skip_invalid:
+                raise
+            skipped.append(str(err))
+            continue
+        if getattr(item, "split", "") is None and row_split is not None:
+            item.split = row_split
+        item_split = getattr(item, "split", None)
+        seen_splits.add(item_split)
+        if from_file and split is not None and item_split != split:
+            continue
+        kept.append(item)
+
+    loaded = (result or Comparisons)(kept, skipped, source)
+    if skipped:
+        log.warning("%s; first: %s", loaded.skipped_summary(), skipped[0])
+    if not kept:
+        if from_file and split is not None and seen_splits:
+            raise ValueError(
+                f"{source}: no rows with split {split!r}; splits present: "
+                f"{sorted(str(s) for s in seen_splits)}"
+            )
+        raise ValueError(
+            f"{source}: no valid {what}" + (f" ({len(skipped)} skipped)" if skipped else "")
+        )
+    return loaded
+
+
 def load_comparisons(
     path_or_name: str | Path | Any,
     format: str = "auto",
@@ -231,59 +314,14 @@ def load_comparisons(
     """
     if format != "auto" and format not in FORMATS:
         raise ValueError(f"format: unknown format {format!r}; choose one of {['auto', *FORMATS]}")
-    if not isinstance(path_or_name, str | Path):  # an in-memory datasets.Dataset(Dict)
-        source, path = type(path_or_name).__name__, None
-        rows = _dataset_object_rows(path_or_name, split)
-    else:
-        source = str(path_or_name)
-        path = Path(path_or_name)
-        if path.is_file():
-            rows = _file_rows(path)
-        elif path.is_dir() or _looks_like_hub_name(source):
-            rows = _hf_rows(source, split, config_name)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or directory")
-    from_file = path is not None and path.is_file()
-
-    kept: list[Comparison] = []
-    skipped: list[str] = []
-    seen_splits: set[str | None] = set()
-    for where, row, row_split in rows:
-        try:
-            if isinstance(row, Exception):
-                raise row
-            comparison = convert_row(row, format)
-        except InvalidComparisonError as err:
-            message = f"{where}: {err}"
-            if not skip_invalid:
-                raise ValueError(message) from None
-            skipped.append(message)
-            continue
-        except ValueError as err:
-            if not skip_invalid:
-                raise
-            skipped.append(str(err))
-            continue
-        if comparison.split is None and row_split is not None:
-            comparison.split = row_split
-        seen_splits.add(comparison.split)
-        if from_file and split is not None and comparison.split != split:
-            continue
-        kept.append(comparison)
-
-    result = Comparisons(kept, skipped, source)
-    if skipped:
-        log.warning("%s; first: %s", result.skipped_summary(), skipped[0])
-    if not kept:
-        if from_file and split is not None and seen_splits:
-            raise ValueError(
-                f"{source}: no rows with split {split!r}; splits present: "
-                f"{sorted(str(s) for s in seen_splits)}"
-            )
-        raise ValueError(
-            f"{source}: no valid comparisons" + (f" ({len(skipped)} skipped)" if skipped else "")
-        )
-    return result
+    return load_rows(
+        path_or_name,
+        lambda row: convert_row(row, format),
+        split=split,
+        skip_invalid=skip_invalid,
+        config_name=config_name,
+        what="comparisons",
+    )
 
 
 def write_jsonl(comparisons: Iterable[Comparison], path: str | Path) -> Path:
@@ -299,7 +337,8 @@ def write_jsonl(comparisons: Iterable[Comparison], path: str | Path) -> Path:
 def split_by_prompt(
     comparisons: Sequence[Comparison], eval_fraction: float = 0.1, seed: int = 0
 ) -> tuple[list[Comparison], list[Comparison]]:
-    """Train/eval split that never puts one prompt on both sides.
+    """Train/eval split that never puts one prompt on both sides (of comparisons, or of any items
+    with a ``prompt``, such as SFT demonstrations).
 
     Distinct prompts are shuffled with ``seed``; ``ceil(eval_fraction * n_prompts)`` of them (at
     least one, at most ``n_prompts - 1``) go to eval with all their comparisons.

@@ -42,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nlhf.eval.intervals import bootstrap_interval, clopper_pearson, t_interval
+from nlhf.models.chat import is_chat
 from nlhf.models.checkpoint import check_causal_lm, load_causal_lm
 from nlhf.models.judge import Judge, sample_labels
 
@@ -530,8 +531,8 @@ def run_tournament(
     if not prompts:
         raise ValueError("no prompts given")
     for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"prompt {i} is empty or not a string: {p!r}")
+        if not ((isinstance(p, str) and p.strip()) or (is_chat(p) and len(p) > 0)):
+            raise ValueError(f"prompt {i} is empty or neither text nor chat messages: {p!r}")
     if cfg.n_prompts:
         if cfg.n_prompts > len(prompts):
             raise ValueError(f"n_prompts={cfg.n_prompts} but only {len(prompts)} prompts given")

@@ -11,6 +11,15 @@ A prompt is text or a list of chat messages (``[{"role": "user", "content": "...
 
 Generation stops at the tokenizer's EOS and at the template's end-of-turn token
 (:func:`stop_token_ids`), e.g. ``<|im_end|>`` for ChatML templates.
+
+Two more renderings use the same template:
+
+- :func:`render_response_ids`: a reply as the policy generates it after
+  :func:`render_prompt_ids`, up to and including the token that stops generation (the SFT
+  targets);
+- :func:`render_chat_turns`: the prompt messages and each response as a whole assistant turn
+  (``apply_chat_template(prompt + [assistant reply])`` split after the prompt), the input of
+  preference and reward models.
 """
 
 from __future__ import annotations
@@ -26,7 +35,11 @@ from nlhf.data.schema import Text, as_text
 __all__ = [
     "is_chat",
     "has_chat_template",
+    "as_messages",
+    "response_text",
     "render_prompt_ids",
+    "render_response_ids",
+    "render_chat_turns",
     "encode_prompts",
     "stop_token_ids",
 ]
@@ -44,6 +57,20 @@ def is_chat(prompt: Any) -> bool:
 def has_chat_template(tokenizer) -> bool:
     """Whether the tokenizer carries a chat template."""
     return bool(getattr(tokenizer, "chat_template", None))
+
+
+def as_messages(response: Text) -> list[dict[str, Any]]:
+    """A reply as chat messages: text -> one assistant message; a message list as it is."""
+    if isinstance(response, str):
+        return [{"role": "assistant", "content": response}]
+    return [dict(m) for m in response]
+
+
+def response_text(response: Text) -> str:
+    """A reply as plain text: text as it is; messages -> their contents, blank-line separated."""
+    if isinstance(response, str):
+        return response
+    return "\n\n".join(str(m["content"]) for m in response)
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -76,6 +103,89 @@ def render_prompt_ids(tokenizer, prompt: Text) -> list[int]:
         "blocks (warned once)",
     )
     return render_prompt_ids(tokenizer, as_text(list(prompt)))
+
+
+def _template_text(tokenizer, messages: list, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, add_generation_prompt=generation_prompt, tokenize=False
+    )
+
+
+def _text_ids(tokenizer, text: str) -> list[int]:
+    return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def render_response_ids(tokenizer, prompt: Text, response: Text) -> list[int]:
+    """Token ids of ``response`` as the policy generates it after
+    ``render_prompt_ids(tokenizer, prompt)``, ending with the token that stops generation.
+
+    - chat prompt, tokenizer with a template: the text the template adds after the generation
+      prompt when the reply is appended (``apply_chat_template(prompt + [assistant reply])``),
+      cut after its last stop token (:func:`stop_token_ids`: the end-of-turn token, e.g.
+      ``reply<|im_end|>``; what follows it, like ChatML's newline, is never generated);
+    - otherwise: the reply's text (:func:`response_text`) followed by EOS.
+    """
+    if is_chat(prompt) and has_chat_template(tokenizer):
+        messages = list(prompt)
+        head = _template_text(tokenizer, messages, True)
+        full = _template_text(tokenizer, messages + as_messages(response), False)
+        if full.startswith(head):
+            ids = _text_ids(tokenizer, full[len(head) :])
+            stops = set(stop_token_ids(tokenizer))
+            ends = [i for i, t in enumerate(ids) if t in stops]
+            if ends:
+                return ids[: ends[-1] + 1]
+            return ids + [int(tokenizer.eos_token_id)]
+        _warn_once(
+            f"not-prefix:{getattr(tokenizer, 'name_or_path', '')}",
+            "the chat template does not render a conversation as its generation prompt followed "
+            "by the reply; replies are encoded as their text and the end-of-turn token "
+            "(warned once)",
+        )
+        stops = stop_token_ids(tokenizer)
+        return _text_ids(tokenizer, response_text(response)) + [stops[-1]]
+    ids = _text_ids(tokenizer, response_text(response))
+    eos = int(tokenizer.eos_token_id)
+    return ids if ids and ids[-1] == eos else ids + [eos]
+
+
+def render_chat_turns(
+    tokenizer, prompt: Text, responses: Sequence[Text]
+) -> tuple[list[int], list[list[int]]] | None:
+    """``(prompt_ids, [turn_ids, ...])`` of a chat prompt and each response as an assistant turn,
+    through the tokenizer's template: ``prompt_ids`` = ``apply_chat_template(prompt)`` and each
+    turn is what ``apply_chat_template(prompt + [assistant response])`` adds to it (header,
+    reply, end-of-turn). ``prompt_ids + turn_ids`` is that conversation's rendering.
+
+    ``None`` when the prompt is text, the tokenizer has no template (a one-time warning for a
+    chat prompt), or the template does not render the prompt as a prefix of the conversation:
+    the caller then uses its plain-text layout.
+    """
+    if not is_chat(prompt):
+        return None
+    name = getattr(tokenizer, "name_or_path", "")
+    if not has_chat_template(tokenizer):
+        _warn_once(
+            f"no-template-scoring:{name}",
+            "the tokenizer has no chat template: chat prompts and replies are read as "
+            "'Role: content' text (warned once)",
+        )
+        return None
+    messages = list(prompt)
+    head = _template_text(tokenizer, messages, False)
+    turns = []
+    for response in responses:
+        full = _template_text(tokenizer, messages + as_messages(response), False)
+        if not full.startswith(head):
+            _warn_once(
+                f"not-prefix-scoring:{name}",
+                "the chat template does not render a conversation as the prompt followed by the "
+                "reply; preference and reward models read it as 'Role: content' text "
+                "(warned once)",
+            )
+            return None
+        turns.append(_text_ids(tokenizer, full[len(head) :]))
+    return _text_ids(tokenizer, head), turns
 
 
 def encode_prompts(tokenizer, prompts: Sequence[Text]) -> list[list[int]]:

@@ -48,9 +48,10 @@ def evaluate_judge(
     """Accuracy, log-loss, ECE, antisymmetry error and predicted cycles of ``judge``."""
     if not comparisons:
         raise ValueError("evaluate_judge: no comparisons to evaluate on")
-    prompts = [as_text(c.prompt) for c in comparisons]
-    a = [as_text(c.response_a) for c in comparisons]
-    b = [as_text(c.response_b) for c in comparisons]
+    # the judge reads prompts and responses as they are (chat lists through its template)
+    prompts = [c.prompt for c in comparisons]
+    a = [c.response_a for c in comparisons]
+    b = [c.response_b for c in comparisons]
     label = torch.tensor([c.label for c in comparisons], dtype=torch.float64)
     p_ab = judge.prob(prompts, a, b).double()  # (N,)
     p_ba = judge.prob(prompts, b, a).double()  # (N,)
@@ -73,8 +74,10 @@ def evaluate_judge(
 def _cycles(judge, comparisons, max_triples, seed) -> dict[str, float]:
     responses: dict[str, list[str]] = defaultdict(list)
     labels: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    raw = {}  # text key -> the prompt or response as given (text or chat list)
     for c in comparisons:
         x, ya, yb = as_text(c.prompt), as_text(c.response_a), as_text(c.response_b)
+        raw.update({x: c.prompt, ya: c.response_a, yb: c.response_b})
         for y in (ya, yb):
             if y not in responses[x]:
                 responses[x].append(y)
@@ -95,6 +98,7 @@ def _cycles(judge, comparisons, max_triples, seed) -> dict[str, float]:
         xs += [x, x, x]
         first += [y1, y2, y3]
         second += [y2, y3, y1]
+    xs, first, second = ([raw[k] for k in keys] for keys in (xs, first, second))
     p = judge.prob(xs, first, second).reshape(-1, 3)  # (n_triples, 3)
     cycles = int(((p > 0.5).all(-1) | (p < 0.5).all(-1)).sum())
     data_cycles = 0

@@ -17,6 +17,14 @@ kind, a vector) per sequence. Checkpoints are therefore plain HF checkpoints (sa
   symmetric), a general preference model (Zhang et al. 2024, "General Preference Modeling with
   Preference Representations") that can represent cycles at one forward pass per response.
 
+Layout. A chat prompt (a message list) with a tokenizer that has a chat template is read through
+that template: ``apply_chat_template(prompt)`` followed by each response as an assistant turn
+(:func:`nlhf.models.chat.render_chat_turns`), i.e. the conversation
+``prompt + [assistant y] (+ [assistant y'])`` with the template's own markers between the parts.
+Text prompts (and chat prompts for a tokenizer without a template, with a one-time warning, as
+``Role: content`` text) use ``[start] x <sep> y (<sep> y') <end>`` with the tokenizer's special
+tokens. The same rendering serves training (``nlhf train-preference``) and judging.
+
 Long inputs: the prompt is truncated first (its beginning is dropped, the end next to the
 responses is kept); only if both responses alone do not fit are they cut, sharing the room
 equally, so both stay visible. A warning says so once per model.
@@ -28,7 +36,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -40,8 +48,23 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from nlhf.data.schema import Text, as_text
+from nlhf.models.chat import render_chat_turns
+
 MARKER = "nlhf_model.json"
 KINDS = ("pairwise", "reward", "embedding")
+
+
+class Segments(NamedTuple):
+    """One example's token ids before layout: the prompt and each response.
+
+    ``templated``: the parts come from the chat template (each response a whole assistant turn)
+    and are concatenated as they are; otherwise the plain layout adds start/sep/end tokens.
+    """
+
+    prompt: list[int]
+    responses: list[list[int]]
+    templated: bool
 
 
 def antisymmetric_sigmoid(d: torch.Tensor) -> torch.Tensor:
@@ -129,18 +152,47 @@ class ScoringModel(nn.Module):
             return []
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
+    def encode(self, prompts: Sequence[Text], *responses: Sequence[Text]) -> list[Segments]:
+        """Token ids of each example ``(prompts[i], responses[0][i], responses[1][i], ...)``:
+        chat prompts through the tokenizer's chat template, text as it is (module docstring)."""
+        if any(len(r) != len(prompts) for r in responses):
+            raise ValueError(
+                f"encode needs one response per prompt in each list, got {len(prompts)} prompts "
+                f"and {[len(r) for r in responses]} responses"
+            )
+        out: list[Segments | None] = []
+        plain: list[int] = []
+        for i, prompt in enumerate(prompts):
+            turns = render_chat_turns(self.tokenizer, prompt, [r[i] for r in responses])
+            if turns is None:
+                plain.append(i)
+                out.append(None)
+            else:
+                out.append(Segments(turns[0], turns[1], True))
+        if plain:  # one tokenizer call for all plain-text parts
+            texts = [as_text(prompts[i]) for i in plain]
+            for r in responses:
+                texts += [as_text(r[i]) for i in plain]
+            ids = self.encode_texts(texts)
+            n = len(plain)
+            for k, i in enumerate(plain):
+                out[i] = Segments(
+                    ids[k], [ids[n * (j + 1) + k] for j in range(len(responses))], False
+                )
+        return out  # type: ignore[return-value]
+
     def _fit(
-        self, prompt: list[int], responses: list[list[int]]
+        self, prompt: list[int], responses: list[list[int]], templated: bool = False
     ) -> tuple[list[int], list[list[int]]]:
-        budget = self.max_length - self.n_special
+        budget = self.max_length - (0 if templated else self.n_special)
         total = len(prompt) + sum(len(r) for r in responses)
         if total <= budget:
             return prompt, responses
         if not self._warned_truncation:
             warnings.warn(
-                f"{self.kind} model: an input of {total + self.n_special} tokens exceeds "
-                f"max_length {self.max_length}; truncating the prompt first (keeping its end), "
-                "then the responses equally, so that every response stays visible "
+                f"{self.kind} model: an input of {total + self.max_length - budget} tokens "
+                f"exceeds max_length {self.max_length}; truncating the prompt first (keeping its "
+                "end), then the responses equally, so that every response stays visible "
                 "(warned once)",
                 stacklevel=3,
             )
@@ -151,7 +203,11 @@ class ScoringModel(nn.Module):
         keep = share_room([len(r) for r in responses], budget)
         return [], [r[:k] for r, k in zip(responses, keep)]
 
-    def _sequence(self, prompt: list[int], responses: list[list[int]]) -> list[int]:
+    def _sequence(
+        self, prompt: list[int], responses: list[list[int]], templated: bool = False
+    ) -> list[int]:
+        if templated:  # the template's markers already delimit the turns
+            return [t for part in (prompt, *responses) for t in part]
         ids = [] if self.start_id is None else [self.start_id]
         ids += prompt
         for r in responses:
@@ -169,25 +225,21 @@ class ScoringModel(nn.Module):
             attention_mask[i, : len(s)] = 1
         return input_ids, attention_mask
 
-    def collate(
-        self,
-        prompt_ids: Sequence[list[int]],
-        a_ids: Sequence[list[int]],
-        b_ids: Sequence[list[int]],
-    ) -> dict[str, torch.Tensor]:
-        """Token ids of a batch of (prompt, a, b) -> ``input_ids (2B, T)``, ``flip (B,)``...
+    def collate(self, examples: Sequence[Segments]) -> dict[str, torch.Tensor]:
+        """Encoded pairs (:meth:`encode` with two response lists) -> ``input_ids (2B, T)``,
+        ``attention_mask (2B, T)``, ``flip (B,)``.
 
         Each pair is laid out in a canonical order (``first <= second`` as token lists), so that
         ``(x, a, b)`` and ``(x, b, a)`` give the very same batch; ``flip`` says where ``a`` is
         the second. That makes antisymmetry exact, not just up to floating-point noise.
         """
-        if not (len(prompt_ids) == len(a_ids) == len(b_ids)) or not prompt_ids:
-            raise ValueError("collate needs equal, non-empty batches of prompts and responses")
+        if not examples:
+            raise ValueError("collate needs a non-empty batch of encoded pairs")
         firsts, seconds, flips = [], [], []
-        for p, a, b in zip(prompt_ids, a_ids, b_ids):
+        for prompt, (a, b), templated in examples:
             flip = tuple(a) > tuple(b)
             first, second = (list(b), list(a)) if flip else (list(a), list(b))
-            seq_first, seq_second = self._pair_sequences(list(p), first, second)
+            seq_first, seq_second = self._pair_sequences(list(prompt), first, second, templated)
             firsts.append(seq_first)
             seconds.append(seq_second)
             flips.append(flip)
@@ -199,25 +251,21 @@ class ScoringModel(nn.Module):
         }
 
     def _pair_sequences(
-        self, prompt: list[int], first: list[int], second: list[int]
+        self, prompt: list[int], first: list[int], second: list[int], templated: bool
     ) -> tuple[list[int], list[int]]:
         """The two sequences whose head outputs give the logit of ``P(first > second)``.
 
         Default (one response per sequence): ``[x <sep> first]`` and ``[x <sep> second]``.
         """
-        p1, (y1,) = self._fit(prompt, [first])
-        p2, (y2,) = self._fit(prompt, [second])
-        return self._sequence(p1, [y1]), self._sequence(p2, [y2])
+        p1, (y1,) = self._fit(prompt, [first], templated)
+        p2, (y2,) = self._fit(prompt, [second], templated)
+        return self._sequence(p1, [y1], templated), self._sequence(p2, [y2], templated)
 
     def tokenize(
-        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+        self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text]
     ) -> dict[str, torch.Tensor]:
-        """Text -> a batch for :meth:`forward`."""
-        return self.collate(
-            self.encode_texts(prompts),
-            self.encode_texts(responses_a),
-            self.encode_texts(responses_b),
-        )
+        """Prompts and responses (text or chat) -> a batch for :meth:`forward`."""
+        return self.collate(self.encode(prompts, responses_a, responses_b))
 
     # ------------------------------------------------------------------ scores
     def _head(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -237,9 +285,9 @@ class ScoringModel(nn.Module):
         raise NotImplementedError
 
     def logit(
-        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+        self, prompts: Sequence[Text], responses_a: Sequence[Text], responses_b: Sequence[Text]
     ) -> torch.Tensor:
-        """``d`` (B,) for text inputs, on the model's device, with gradient."""
+        """``d`` (B,) for text or chat inputs, on the model's device, with gradient."""
         batch = self.tokenize(prompts, responses_a, responses_b)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return self(**batch)
@@ -270,10 +318,10 @@ class PairwisePreferenceModel(ScoringModel):
     kind = "pairwise"
     responses_per_sequence = 2
 
-    def _pair_sequences(self, prompt, first, second):
+    def _pair_sequences(self, prompt, first, second, templated):
         # both responses must fit in one sequence: truncate them jointly (symmetric in the two)
-        p, (y1, y2) = self._fit(prompt, [first, second])
-        return self._sequence(p, [y1, y2]), self._sequence(p, [y2, y1])
+        p, (y1, y2) = self._fit(prompt, [first, second], templated)
+        return self._sequence(p, [y1, y2], templated), self._sequence(p, [y2, y1], templated)
 
     def _pair_logit(self, h_first, h_second):
         # h_first = v(x, first, second), h_second = v(x, second, first)
@@ -288,20 +336,19 @@ class RewardModel(ScoringModel):
     def _pair_logit(self, h_first, h_second):
         return h_first[:, 0] - h_second[:, 0]
 
-    def collate_single(
-        self, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]]
-    ) -> dict[str, torch.Tensor]:
-        """Batch of ``[x <sep> y]`` sequences for :meth:`score`."""
+    def collate_single(self, examples: Sequence[Segments]) -> dict[str, torch.Tensor]:
+        """Encoded ``(prompt, response)`` examples -> a batch of ``[x <sep> y]`` sequences (or
+        chat-template conversations) for :meth:`score`."""
         seqs = []
-        for p, y in zip(prompt_ids, response_ids):
-            p, (y,) = self._fit(list(p), [list(y)])
-            seqs.append(self._sequence(p, [y]))
+        for prompt, (y,), templated in examples:
+            p, (y,) = self._fit(list(prompt), [list(y)], templated)
+            seqs.append(self._sequence(p, [y], templated))
         input_ids, attention_mask = self._pad(seqs)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """``r(x, y)`` (B,) for text inputs, on the model's device, with gradient."""
-        batch = self.collate_single(self.encode_texts(prompts), self.encode_texts(responses))
+    def score(self, prompts: Sequence[Text], responses: Sequence[Text]) -> torch.Tensor:
+        """``r(x, y)`` (B,) for text or chat inputs, on the model's device, with gradient."""
+        batch = self.collate_single(self.encode(prompts, responses))
         h = self._head(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
         return h[:, 0]
 

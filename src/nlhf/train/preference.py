@@ -308,10 +308,10 @@ def train_preference(
     else:
         model = _build_model(cfg, train)
 
-    # pre-tokenize once
-    prompt_ids = model.encode_texts([as_text(c.prompt) for c in train])
-    a_ids = model.encode_texts([as_text(c.response_a) for c in train])
-    b_ids = model.encode_texts([as_text(c.response_b) for c in train])
+    # pre-tokenize once (chat prompts through the model's chat template)
+    encoded = model.encode(
+        [c.prompt for c in train], [c.response_a for c in train], [c.response_b for c in train]
+    )
     labels = torch.tensor([c.label for c in train], dtype=torch.float32)
 
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
@@ -413,9 +413,7 @@ def train_preference(
         for m in range(cfg.grad_accum):
             first = (step * cfg.grad_accum + m) * micro + accelerator.process_index * per_process
             idx = stream(first, per_process)
-            batch = accelerator.unwrap_model(model).collate(
-                [prompt_ids[i] for i in idx], [a_ids[i] for i in idx], [b_ids[i] for i in idx]
-            )
+            batch = accelerator.unwrap_model(model).collate([encoded[i] for i in idx])
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             target = labels[idx].to(accelerator.device)
             sync = m == cfg.grad_accum - 1

@@ -1,35 +1,750 @@
 """Supervised fine-tuning (SFT): the reference policy ``mu`` of NLHF (Munos et al. 2024, §7).
 
-The paper initialises every policy and the regularisation anchor from an SFT checkpoint; here a
-small GPT-2-shaped causal LM is built from a config and trained on (prompt, demonstration) pairs.
+The paper initialises every policy, and the KL anchor ``mu``, from a model fine-tuned on human
+demonstrations (TL;DR summaries). ``nlhf sft`` trains a causal LM on (prompt, response) pairs or
+chat conversations, with the loss on the response tokens only.
 
-One step:
-1. draw a batch of pairs; tokenize ``prompt`` as-is and ``response + <eos>``;
-2. right-pad; labels are the response tokens only (prompt and padding are ``-100``);
-3. next-token cross-entropy on the labels, AdamW step with linear warm-up and cosine decay.
+What the model reads is what the policy trainer samples from: the prompt is
+``render_prompt_ids`` (a chat prompt through the tokenizer's template with the generation
+prompt; text as written) and the target is ``render_response_ids`` (the assistant turn up to and
+including the end-of-turn token with a template; else the response text and EOS), so a trained
+policy stops where ``nlhf.sampling.generate`` stops it.
 
-The result is a standard Hugging Face checkpoint (safetensors + ``config.json`` + tokenizer)
-with an ``nlhf_model.json`` marker ``{"kind": "policy"}``.
+One optimizer step (:func:`train_sft`, top to bottom):
+
+1. the next ``batch_size`` demonstrations of a per-epoch shuffle, split into ``grad_accum``
+   micro-batches and across processes;
+2. right-pad ``prompt + response``; labels are the response tokens (-100 elsewhere);
+3. next-token cross-entropy summed over the response tokens (logits only from the first
+   response position on), divided by the step's response tokens (over all processes);
+4. clip, AdamW on float32 master weights (bf16/fp16 compute through accelerate's autocast),
+   learning-rate schedule.
+
+Every ``eval_every`` steps and at the end: the mean token loss on held-out prompts; every
+``save_every`` steps: a resumable checkpoint. The result is a standard Hugging Face checkpoint
+(LoRA adapters merged), stored in the input checkpoint's dtype unless ``save_dtype`` says
+otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import inspect
 import json
 import math
+import os
+import shutil
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
+import torch.nn.functional as F
 
 from nlhf.config import save_yaml
+from nlhf.data.demonstrations import Demonstration, load_demonstrations
+from nlhf.data.loaders import drop_shared_prompts, split_by_prompt
+from nlhf.data.schema import as_text
+from nlhf.models.chat import render_prompt_ids, render_response_ids, response_text
+
+
+@dataclass
+class SFTTrainConfig:
+    """Hyper-parameters of ``nlhf sft`` (one field per flag)."""
+
+    data: str | None = None
+    """demonstrations: a .jsonl/.json/.csv/.tsv/.parquet file, a `datasets` directory, or a
+    Hugging Face hub name (downloads only then); rows with `messages`, or `prompt` with
+    `response`/`completion`/`label`"""
+    format: Literal["auto", "messages", "prompt_response"] = "auto"
+    """data format; auto detects it from each row's keys"""
+    split: str | None = None
+    """split of `data` to train on (a dataset split, or rows whose `split` field matches)"""
+    eval_data: str | None = None
+    """held-out demonstrations (same kinds of source as data); default: a prompt-disjoint share
+    of data"""
+    eval_split: str | None = None
+    """split of `eval_data` (or of `data` when eval_data is not given) to evaluate on"""
+    eval_fraction: float = 0.05
+    """share of distinct prompts held out for the eval loss when neither eval_data nor
+    eval_split is given (0 = no evaluation)"""
+    skip_invalid: bool = False
+    """drop invalid rows (counted and reported) instead of stopping at the first"""
+    output_dir: Path = Path("runs/sft")
+    """where the model, eval.json, metrics.jsonl, config.yaml and checkpoint/ go"""
+    model: str | None = None
+    """causal-LM checkpoint directory to fine-tune (loaded with float32 master weights)"""
+    random_init: Path | None = None
+    """instead of `model`: a JSON/YAML model config with model_type (e.g. gpt2, llama) for a
+    randomly initialised model, sized for the tokenizer"""
+    tokenizer: str | None = None
+    """tokenizer directory; default: the model's, or for random_init one built on the data"""
+    tokenizer_kind: Literal["word", "bpe"] = "bpe"
+    """kind of tokenizer built for random_init when no tokenizer is given"""
+    vocab_size: int = 8000
+    """vocabulary size of a tokenizer built for random_init"""
+    max_length: int = 1024
+    """maximum prompt + response tokens (capped by the model's context); longer examples lose
+    the beginning of the prompt first, then the end of the response"""
+    steps: int = 0
+    """optimizer steps; 0 = derive from epochs"""
+    epochs: float = 1.0
+    """passes over the training data when steps is 0"""
+    batch_size: int = 32
+    """demonstrations per optimizer step (over all processes and micro-batches)"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step (gradient accumulation)"""
+    lr: float = 2e-5
+    """peak AdamW learning rate"""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    """learning-rate decay after warm-up, down to min_lr_ratio * lr at the last step"""
+    min_lr_ratio: float = 0.0
+    """final learning rate as a share of lr (linear and cosine schedules)"""
+    warmup_steps: int = 0
+    """linear learning-rate warm-up steps"""
+    weight_decay: float = 0.0
+    """AdamW weight decay (matrices only; not biases, norms)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping norm (0 = no clipping)"""
+    lora: bool = False
+    """train LoRA adapters (PEFT) instead of all weights; they are merged into the saved model"""
+    lora_r: int = 16
+    """LoRA rank"""
+    lora_alpha: float = 32.0
+    """LoRA alpha"""
+    lora_dropout: float = 0.0
+    """LoRA dropout"""
+    lora_target_modules: list[str] = field(default_factory=list)
+    """modules to adapt (default: PEFT's choice for the architecture)"""
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """autocast compute precision (weights stay float32); auto = bf16 on a GPU that supports
+    it, else full precision"""
+    cpu: bool = False
+    """force the CPU even when a GPU is available"""
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype of the saved model; auto = the input checkpoint's (float32 for random_init)"""
+    eval_every: int = 0
+    """evaluate every this many steps (0 = only at the end)"""
+    save_every: int = 500
+    """write a resumable checkpoint every this many steps (0 = never)"""
+    log_every: int = 10
+    """append train metrics to metrics.jsonl every this many steps"""
+    eval_batch_size: int = 32
+    """demonstrations per forward during evaluation"""
+    resume: bool = False
+    """continue from output_dir/checkpoint (model, optimizer, scheduler, RNG, data position)"""
+    progress: bool = True
+    """show a progress bar"""
+    seed: int = 0
+    """seed for initialisation, data order and the train/eval split"""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_length", "vocab_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "warmup_steps", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1 or self.lora_r < 1:
+            raise ValueError("log_every and lora_r: must be >= 1")
+        if self.steps == 0 and not self.epochs > 0:
+            raise ValueError(f"epochs: must be > 0 when steps is 0, got {self.epochs}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction: must be in [0, 1), got {self.eval_fraction}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("weight_decay, max_grad_norm: must be >= 0; lora_dropout in [0, 1)")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size: {self.batch_size} is not divisible by grad_accum {self.grad_accum}"
+            )
+        if self.model is not None and self.random_init is not None:
+            raise ValueError("model / random_init: give one of them, not both")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_sft_data(
+    cfg: SFTTrainConfig,
+    train: Sequence[Demonstration] | None = None,
+    evals: Sequence[Demonstration] | None = None,
+    say=print,
+) -> tuple[list[Demonstration], list[Demonstration]]:
+    """Training and held-out demonstrations: from memory, ``data``/``eval_data``, a split of
+    ``data`` or a prompt-disjoint share of it; eval never shares a prompt with train."""
+    train, evals = _in_memory(train, cfg, cfg.split), _in_memory(evals, cfg, cfg.eval_split)
+    eval_from_data = evals is None and cfg.eval_data is None and cfg.eval_split is not None
+    if train is None:
+        if cfg.data is None:
+            raise ValueError("data: give a demonstrations file, dataset directory or hub name")
+        rows = load_demonstrations(
+            cfg.data, cfg.format, None if eval_from_data else cfg.split, cfg.skip_invalid
+        )
+        if rows.skipped:
+            say(rows.skipped_summary())
+        if eval_from_data:  # one read of data, both splits taken from it
+            evals = [d for d in rows if d.split == cfg.eval_split]
+            if not evals:
+                raise ValueError(f"eval_split: no rows of split {cfg.eval_split!r} in {cfg.data}")
+            train = [
+                d
+                for d in rows
+                if (d.split == cfg.split if cfg.split else d.split != cfg.eval_split)
+            ]
+        else:
+            train = list(rows)
+    train = list(train)
+    if evals is None:
+        if cfg.eval_data is not None:
+            evals = load_demonstrations(cfg.eval_data, cfg.format, cfg.eval_split, cfg.skip_invalid)
+            if evals.skipped:
+                say(evals.skipped_summary())
+        elif cfg.eval_split is not None:
+            raise ValueError("eval_split: give eval_data or data to take the split from")
+        elif cfg.eval_fraction > 0:
+            train, evals = split_by_prompt(train, cfg.eval_fraction, cfg.seed)
+        else:
+            evals = []
+    evals, dropped = drop_shared_prompts(train, list(evals))
+    if dropped:
+        say(f"dropped {dropped} eval demonstrations whose prompt is also in the training data")
+    if not train:
+        raise ValueError("data: no training demonstrations left")
+    return train, evals
+
+
+def _in_memory(items, cfg: SFTTrainConfig, split: str | None) -> list[Demonstration] | None:
+    """Demonstrations as given, or converted from a ``datasets`` object (its ``split``) / row
+    mappings."""
+    if (
+        items is None
+        or isinstance(items, list | tuple)
+        and all(isinstance(d, Demonstration) for d in items)
+    ):
+        return None if items is None else list(items)
+    return list(load_demonstrations(items, cfg.format, split, cfg.skip_invalid))
+
+
+def encode_demonstrations(
+    tokenizer, demonstrations: Sequence[Demonstration], max_length: int, compact: bool = False
+) -> tuple[list[tuple[Sequence[int], Sequence[int]]], int]:
+    """``[(prompt_ids, response_ids), ...]`` as the policy reads and writes them
+    (``render_prompt_ids`` / ``render_response_ids``), and how many were truncated to
+    ``max_length`` (the prompt's beginning first, then the response's end).
+
+    Text prompts are tokenized in one batch; ``compact`` stores int32 arrays instead of lists
+    (a tenth of the memory for a large data set).
+    """
+    texts = [i for i, d in enumerate(demonstrations) if isinstance(d.prompt, str)]
+    batched: dict[int, tuple[list[int], list[int]]] = {}
+    if texts:  # text prompts: as written; the response's text, then EOS
+        eos = int(tokenizer.eos_token_id)
+        enc = lambda xs: tokenizer(xs, add_special_tokens=False)["input_ids"]  # noqa: E731
+        prompts = enc([demonstrations[i].prompt for i in texts])
+        responses = enc([response_text(demonstrations[i].response) for i in texts])
+        for i, p, r in zip(texts, prompts, responses):
+            batched[i] = (list(p), list(r) if r and r[-1] == eos else [*r, eos])
+    rows, truncated = [], 0
+    for i, d in enumerate(demonstrations):
+        if i in batched:
+            prompt, response = batched.pop(i)
+        else:
+            prompt = render_prompt_ids(tokenizer, d.prompt)
+            response = render_response_ids(tokenizer, d.prompt, d.response)
+        if not prompt:
+            raise ValueError(f"demonstration {i}: the prompt {as_text(d.prompt)!r:.60} is empty")
+        if len(prompt) + len(response) > max_length:
+            truncated += 1
+            response = response[: max_length - 1]
+            prompt = prompt[len(prompt) - (max_length - len(response)) :]
+        if compact:
+            prompt, response = np.asarray(prompt, np.int32), np.asarray(response, np.int32)
+        rows.append((prompt, response))
+    return rows, truncated
+
+
+def collate(
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 off the response)."""
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)  # (B, T)
+    for i, (p, r) in enumerate(rows):
+        n_p, n = len(p), len(p) + len(r)
+        ids[i, :n_p] = torch.as_tensor(p)
+        ids[i, n_p:n] = torch.as_tensor(r)
+        mask[i, :n] = 1
+        labels[i, n_p:n] = torch.as_tensor(r)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def sample_order(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Indices ``start .. start + count - 1`` of an endless stream of per-epoch shuffles of
+    ``range(n)``; sample ``k`` depends only on (n, seed, k), so a resumed run continues the
+    very same stream."""
+    out, perms = [], {}
+    for k in range(start, start + count):
+        epoch, pos = divmod(k, n)
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            perms[epoch] = torch.randperm(n, generator=g).tolist()
+        out.append(perms[epoch][pos])
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _build_tokenizer(cfg: SFTTrainConfig, train: Sequence[Demonstration]):
+    from nlhf.models.checkpoint import load_tokenizer
+    from nlhf.models.tokenizer import build_tokenizer
+
+    if cfg.tokenizer is not None:
+        return load_tokenizer(cfg.tokenizer)
+    if cfg.model is not None:
+        return None  # the checkpoint's own
+    texts = [t for d in train for t in (as_text(d.prompt), as_text(d.response))]
+    return build_tokenizer(texts, cfg.tokenizer_kind, cfg.vocab_size)
+
+
+def build_model(cfg: SFTTrainConfig, tokenizer, model_config: dict[str, Any] | None = None):
+    """``(model, tokenizer, input_dtype)``: the checkpoint of ``cfg.model`` with float32 master
+    weights, or a random model from ``cfg.random_init`` (or ``model_config``) sized for the
+    tokenizer; LoRA adapters when ``cfg.lora``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from nlhf.models.checkpoint import load_causal_lm, stored_dtype
+    from nlhf.models.preference import read_model_config
+
+    if cfg.model is not None:
+        if not Path(cfg.model).exists() and cfg.model.count("/") == 1:
+            name = cfg.model.split("/")[1]
+            raise ValueError(
+                f"model: {cfg.model} is not a local directory; models are read from disk: "
+                f"download it first, e.g. hf download {cfg.model} --local-dir models/{name}"
+            )
+        model, own_tokenizer = load_causal_lm(cfg.model, "model", dtype="float32")
+        tokenizer = tokenizer or own_tokenizer
+        if len(tokenizer) > model.config.vocab_size:
+            raise ValueError(
+                f"tokenizer: {len(tokenizer)} tokens but the model's vocabulary has only "
+                f"{model.config.vocab_size}"
+            )
+        input_dtype = stored_dtype(cfg.model)
+    else:
+        if model_config is None:
+            if cfg.random_init is None:
+                raise ValueError("model / random_init: give a checkpoint or a model config")
+            model_config = read_model_config(cfg.random_init)
+        data = dict(model_config)
+        model_type = data.pop("model_type")
+        data.update(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        try:
+            config = AutoConfig.for_model(model_type, **data)
+            torch.manual_seed(cfg.seed)
+            model = AutoModelForCausalLM.from_config(config)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"random_init: cannot build a {model_type!r} model ({err})") from None
+        input_dtype = torch.float32
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules) or None,
+        )
+        model = get_peft_model(model, lora)
+    return model, tokenizer, input_dtype
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (most transformers causal LMs)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def response_nll(
+    model, batch: dict[str, torch.Tensor], keep_logits: bool
+) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL (float32, with grad) of the response tokens, and their count.
+
+    Logits are computed only from the first response position of the batch on (prompts are
+    context, not targets), then upcast to float32 for the cross-entropy.
+    """
+    labels = batch["labels"]  # (B, T)
+    is_target = labels != -100  # (B, T)
+    first = int(is_target.float().argmax(-1).min())  # earliest response position, >= 1
+    keep = labels.shape[1] - first + 1  # logits at positions first-1 .. T-1
+    extra = {"logits_to_keep": keep} if keep_logits else {}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
+    logits = out.logits[:, -keep:-1, :]  # (B, T - first, V): predictions of tokens first..T-1
+    targets = labels[:, first:]  # (B, T - first)
+    nll = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
+    )
+    return nll, int(is_target.sum())
+
+
+def _lr_factor(cfg: SFTTrainConfig, total: int):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        shape = (
+            1.0 - progress
+            if cfg.lr_schedule == "linear"
+            else 0.5 * (1 + math.cos(math.pi * progress))
+        )
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
+
+    return factor
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def _reset_accelerate_state() -> None:
+    """Let one single-process Python session run several trainings with different settings
+    (accelerate keeps a process-wide state). Never touched under a distributed launch."""
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _truncate_metrics(path: Path, keep_through: int) -> None:
+    """A fresh run starts a new log; a resumed one drops the lines after its checkpoint."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines() if keep_through else []:
+        try:
+            if json.loads(line).get("step", 0) <= keep_through:
+                kept.append(line + "\n")
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(kept))
+
+
+def _save_checkpoint(accelerator, tokenizer, out: Path, step: int) -> None:
+    """``out/checkpoint``: accelerate state (model, optimizer, scheduler, RNG), the tokenizer
+    and the step, written to a temporary directory and renamed into place."""
+    ckpt, tmp = out / "checkpoint", out / "checkpoint.tmp"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "state"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
+        shutil.rmtree(ckpt, ignore_errors=True)
+        tmp.rename(ckpt)
+    accelerator.wait_for_everyone()
+
+
+def _save_model(accelerator, model, tokenizer, out: Path, dtype: torch.dtype) -> None:
+    """The final model as a standard checkpoint in ``dtype`` (LoRA: adapters in ``adapter/``
+    and merged into the saved weights)."""
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        if hasattr(unwrapped, "merge_and_unload"):
+            unwrapped.save_pretrained(str(out / "adapter"))
+            final = copy.deepcopy(unwrapped).merge_and_unload()
+        else:
+            final = unwrapped
+        final = final.to(dtype)
+        final.config.dtype = str(dtype).replace("torch.", "")
+        final.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
+    accelerator.wait_for_everyone()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def evaluate_sft(model, rows, pad_id: int, batch_size: int, keep_logits: bool, accelerator):
+    """Mean NLL per response token on ``rows`` (this process's share, summed over processes)."""
+    was_training = model.training
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = rows[rank::world]
+    nll, tokens = (
+        torch.zeros((), device=accelerator.device),
+        torch.zeros((), device=accelerator.device),
+    )
+    for i in range(0, len(mine), batch_size):
+        batch = collate(mine[i : i + batch_size], pad_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            s, n = response_nll(model, batch, keep_logits)
+        nll += s
+        tokens += n
+    if world > 1:
+        nll, tokens = accelerator.reduce(nll, "sum"), accelerator.reduce(tokens, "sum")
+    model.train(was_training)
+    loss = float(nll / tokens.clamp(min=1))
+    return {
+        "eval/loss": loss,
+        "eval/perplexity": math.exp(min(loss, 50.0)),
+        "eval/tokens": float(tokens),
+        "eval/demonstrations": float(len(rows)),
+    }
+
+
+def train_sft(
+    cfg: SFTTrainConfig,
+    train: Sequence[Demonstration] | None = None,
+    eval: Sequence[Demonstration] | None = None,  # noqa: A002  (interface name)
+    tokenizer=None,
+) -> dict[str, float]:
+    """Fine-tune ``cfg.model`` (or a random ``cfg.random_init`` model) on demonstrations; write
+    ``cfg.output_dir``; return the final metrics.
+
+    ``train`` / ``eval``: demonstrations in memory instead of ``cfg.data`` / ``cfg.eval_data``
+    (``Demonstration`` objects, a ``datasets.Dataset`` or a list of row mappings in any format of
+    :func:`nlhf.data.load_demonstrations`); ``tokenizer``: a tokenizer object instead of
+    ``cfg.tokenizer``.
+    """
+    if isinstance(cfg, SFTConfig):  # the demo's call: train_sft(cfg, prompts, responses, tok)
+        return _train_demo_sft(cfg, train, eval, tokenizer)  # type: ignore[arg-type]
+    return _train(cfg, train, eval, tokenizer)
+
+
+def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = None):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    mixed = cfg.mixed_precision
+    if mixed == "auto":
+        use_gpu = torch.cuda.is_available() and not cfg.cpu
+        mixed = "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "no"
+    _reset_accelerate_state()
+    accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.cpu)
+    is_main = accelerator.is_main_process
+
+    def say(msg: str) -> None:
+        if is_main:
+            print(msg, file=sys.stderr, flush=True)
+
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    ckpt = out / "checkpoint"
+
+    # --- everything is checked before the output directory is touched ---
+    train, evals = load_sft_data(cfg, train, evals, say)
+    resuming = cfg.resume and (ckpt / "trainer_state.json").is_file()
+    if cfg.resume and not resuming:
+        say(f"resume: no checkpoint in {ckpt}; starting from scratch")
+    if resuming:
+        from nlhf.models.checkpoint import load_tokenizer
+
+        tokenizer = load_tokenizer(ckpt / "tokenizer", "resume tokenizer")
+    elif tokenizer is None:
+        tokenizer = _build_tokenizer(cfg, train)
+    model, tokenizer, input_dtype = build_model(cfg, tokenizer, model_config)
+    save_dtype = input_dtype if cfg.save_dtype == "auto" else getattr(torch, cfg.save_dtype)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer: it has no EOS token, so responses could never end")
+    context = _context_length(model)
+    max_length = min(cfg.max_length, context) if context else cfg.max_length
+    rows, truncated = encode_demonstrations(tokenizer, train, max_length, compact=True)
+    eval_rows, eval_truncated = encode_demonstrations(tokenizer, evals, max_length, compact=True)
+    if truncated or eval_truncated:
+        say(
+            f"{truncated} training and {eval_truncated} eval demonstrations exceed {max_length} "
+            "tokens: their prompts were cut from the start (then the response's end)"
+        )
+    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
+    world = accelerator.num_processes
+    micro = cfg.batch_size // cfg.grad_accum
+    if micro % world:
+        raise ValueError(
+            f"batch_size: {cfg.batch_size} / grad_accum {cfg.grad_accum} = {micro} per "
+            f"micro-batch is not divisible by the {world} processes"
+        )
+    per_process = micro // world
+    keep_logits = _keeps_logits(model)
+
+    # --- optimizer on float32 master weights, schedule, accelerate ---
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for _, p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, total_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    start_step = 0
+    if resuming:
+        accelerator.load_state(str(ckpt / "state"))
+        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        if start_step > total_steps:
+            raise ValueError(
+                f"resume: the checkpoint is at step {start_step} > steps {total_steps}"
+            )
+        say(f"resumed from {ckpt} at step {start_step}")
+
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+        _truncate_metrics(out / "metrics.jsonl", start_step if resuming else 0)
+
+    def log(row: dict) -> None:
+        if is_main:
+            with (out / "metrics.jsonl").open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    def run_eval(step: int) -> dict[str, float]:
+        if not eval_rows:
+            return {}
+        metrics = evaluate_sft(
+            model, eval_rows, pad_id, cfg.eval_batch_size, keep_logits, accelerator
+        )
+        log({"step": step, **metrics})
+        return metrics
+
+    model.train()
+    t0 = time.perf_counter()
+    window_nll, window_tokens = 0.0, 0
+    last_train: dict[str, float] = {}
+    bar = tqdm(
+        range(start_step, total_steps),
+        initial=start_step,
+        total=total_steps,
+        desc="nlhf sft",
+        disable=not (is_main and cfg.progress),
+        dynamic_ncols=True,
+    )
+    for step in bar:
+        # 1. this step's demonstrations on this process, per micro-batch
+        order = sample_order(len(rows), cfg.seed, step * cfg.batch_size, cfg.batch_size)
+        micro_rows = []
+        for m in range(cfg.grad_accum):
+            first = m * micro + accelerator.process_index * per_process
+            micro_rows.append([rows[i] for i in order[first : first + per_process]])
+        n_step = sum(len(r) for mr in micro_rows for _, r in mr)  # response tokens, this process
+        n_all = n_step
+        if world > 1:  # the mean over the step's tokens on all processes, like one big batch
+            n_all = int(accelerator.reduce(torch.tensor(n_step, device=accelerator.device), "sum"))
+        scale = world / n_all  # DDP averages the processes' gradients
+        for m, batch_rows in enumerate(micro_rows):
+            # 2. right-padded prompt + response, labels on the response only
+            batch = collate(batch_rows, pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            # 3. summed token NLL / the step's response tokens (over all processes)
+            sync = m == cfg.grad_accum - 1
+            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+            with ctx:
+                with accelerator.autocast():
+                    nll, _ = response_nll(model, batch, keep_logits)
+                accelerator.backward(nll * scale)
+            window_nll += float(nll.detach())
+        window_tokens += n_step
+        # 4. clip, AdamW, schedule
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == total_steps:
+            sums = torch.tensor([window_nll, float(window_tokens)], device=accelerator.device)
+            if world > 1:
+                sums = accelerator.reduce(sums, "sum")
+            loss = float(sums[0] / sums[1].clamp(min=1))
+            if not math.isfinite(loss):
+                raise ValueError(
+                    f"training diverged: the loss is {loss} at step {done}; nothing was saved "
+                    "(lower --lr, or check the data)"
+                )
+            last_train = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}
+            log({"step": done, **last_train, "train/tokens": float(sums[1]),
+                 "time/elapsed_s": time.perf_counter() - t0})  # fmt: skip
+            bar.set_postfix(loss=f"{loss:.4f}")
+            window_nll, window_tokens = 0.0, 0
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
+            metrics = run_eval(done)
+            if metrics:
+                bar.set_postfix(loss=f"{last_train.get('train/loss', 0):.4f}",
+                                eval=f"{metrics['eval/loss']:.4f}")  # fmt: skip
+        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+            _save_checkpoint(accelerator, tokenizer, out, done)
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+
+    eval_metrics = run_eval(total_steps)
+    metrics = {
+        **last_train,
+        **eval_metrics,
+        "train/steps": float(total_steps),
+        "train/demonstrations": float(len(rows)),
+        "train/truncated": float(truncated),
+        "time/train_s": train_seconds,
+    }
+    if is_main and not all(math.isfinite(v) for v in metrics.values()):
+        raise ValueError(f"training produced non-finite metrics {metrics}; nothing was saved")
+    _save_model(accelerator, model, tokenizer, out, save_dtype)
+    if cfg.save_every and is_main:
+        shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: the model is the result
+    if is_main:
+        (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def _context_length(model) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+# ----------------------------------------------------------------------------- the demo's call
 
 
 @dataclass
 class SFTConfig:
-    """Supervised fine-tuning of a small GPT-2-shaped policy."""
+    """The demo's SFT section: a small GPT-2-shaped policy from scratch.
+
+    Kept for ``nlhf demo``'s call ``train_sft(SFTConfig, prompts, responses, tokenizer)``,
+    which runs the trainer above with these settings (cosine decay to 10% of lr, no held-out
+    share, no checkpoints). New code uses :class:`SFTTrainConfig`.
+    """
 
     output_dir: Path = Path("runs/sft")
     """directory for the checkpoint, tokenizer, metrics.jsonl and config.yaml"""
@@ -75,146 +790,62 @@ class SFTConfig:
             raise ValueError("warmup_steps must be >= 0 and log_every >= 1")
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int):
-    """Token ids of ``prompt`` and ``response + <eos>`` per pair; errors name the row."""
-    if len(prompts) != len(responses):
-        raise ValueError(
-            f"SFT needs one response per prompt, got {len(prompts)} and {len(responses)}"
-        )
-    if not prompts:
-        raise ValueError("SFT needs at least one (prompt, response) pair")
-    eos = tokenizer.eos_token_id
-    rows = []
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(r, add_special_tokens=False)["input_ids"]
-        if not r_ids or r_ids[-1] != eos:
-            r_ids = r_ids + [eos]
-        if len(p_ids) + len(r_ids) > max_len:
-            raise ValueError(
-                f"SFT pair {i}: {len(p_ids) + len(r_ids)} tokens exceed n_positions={max_len}"
-            )
-        rows.append((p_ids, r_ids))
-    return rows
-
-
-def collate(rows, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 off the response)."""
-    width = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)  # (B, T)
-    for i, (p, r) in enumerate(rows):
-        n = len(p) + len(r)
-        ids[i, :n] = torch.tensor(p + r)
-        mask[i, :n] = 1
-        labels[i, len(p) : n] = torch.tensor(r)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def build_policy(cfg: SFTConfig, tokenizer):
-    """A randomly initialised GPT-2-shaped causal LM sized for ``tokenizer``."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+def _train_demo_sft(
+    cfg: SFTConfig, prompts: Sequence[str], responses: Sequence[str], tokenizer=None
+) -> Path:
+    if prompts is None or responses is None or len(prompts) != len(responses):
+        raise ValueError("SFT needs one response per prompt")
     if cfg.model_config is not None:
+        from transformers import GPT2Config
+
         path = Path(cfg.model_config)
         if not path.is_file():
             raise FileNotFoundError(f"SFT model_config {path} does not exist")
-        try:
-            config = GPT2Config.from_json_file(str(path))
-        except (ValueError, OSError) as err:
-            raise ValueError(f"SFT model_config {path}: not a GPT-2 config: {err}") from None
+        model_config = {**GPT2Config.from_json_file(str(path)).to_dict(), "model_type": "gpt2"}
     else:
-        config = GPT2Config(
-            n_layer=cfg.n_layer,
-            n_embd=cfg.n_embd,
-            n_head=cfg.n_head,
-            n_positions=cfg.n_positions,
-            resid_pdrop=cfg.dropout,
-            embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout,
-        )
-    config.vocab_size = len(tokenizer)
-    config.bos_token_id = tokenizer.bos_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
-    return GPT2LMHeadModel(config)
-
-
-def train_sft(
-    cfg: SFTConfig, prompts: Sequence[str], responses: Sequence[str], tokenizer=None
-) -> Path:
-    """Train an SFT policy on (prompt, response) pairs; returns ``cfg.output_dir``."""
-    from accelerate import Accelerator
-    from transformers import AutoTokenizer
-
-    if cfg.tokenizer is not None:
-        tokenizer = AutoTokenizer.from_pretrained(str(cfg.tokenizer))
-    elif tokenizer is None:
-        from nlhf.models.tokenizer import build_tokenizer
-
-        tokenizer = build_tokenizer(list(prompts) + list(responses), kind="word")
-    torch.manual_seed(cfg.seed)
-    model = build_policy(cfg, tokenizer)
-    rows = encode_pairs(tokenizer, prompts, responses, model.config.n_positions)
-
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
+        model_config = {
+            "model_type": "gpt2",
+            "n_layer": cfg.n_layer,
+            "n_embd": cfg.n_embd,
+            "n_head": cfg.n_head,
+            "n_positions": cfg.n_positions,
+            "resid_pdrop": cfg.dropout,
+            "embd_pdrop": cfg.dropout,
+            "attn_pdrop": cfg.dropout,
+        }
+    train_cfg = SFTTrainConfig(
+        output_dir=cfg.output_dir,
+        tokenizer=None if cfg.tokenizer is None else str(cfg.tokenizer),
+        tokenizer_kind="word",
+        max_length=int(model_config.get("n_positions", cfg.n_positions)),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
         lr=cfg.lr,
+        lr_schedule="cosine",
+        min_lr_ratio=0.1,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        eval_fraction=0.0,
+        save_every=0,
+        log_every=cfg.log_every,
+        mixed_precision="no",
+        save_dtype="float32",
+        seed=cfg.seed,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, cfg.warmup_steps, cfg.steps)
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
+    demos = [Demonstration(p, r) for p, r in zip(prompts, responses)]
+    _train(train_cfg, demos, [], tokenizer, model_config=model_config)
+    return Path(cfg.output_dir)
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    metrics_file = (out / "metrics.jsonl").open("w")
-    start, running = time.time(), []
-    bar = tqdm(range(cfg.steps), desc="sft", unit="step", leave=False)
-    for step in bar:
-        idx = torch.randint(len(rows), (min(cfg.batch_size, len(rows)),), generator=gen)
-        batch = collate([rows[i] for i in idx.tolist()], tokenizer.pad_token_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        loss = model(**batch).loss
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        running.append(loss.item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            line = {
-                "step": step + 1,
-                "loss/sft": sum(running) / len(running),
-                "lr": scheduler.get_last_lr()[0],
-                "time/elapsed_s": time.time() - start,
-            }
-            metrics_file.write(json.dumps(line) + "\n")
-            metrics_file.flush()
-            bar.set_postfix(loss=f"{line['loss/sft']:.3f}")
-            running = []
-    metrics_file.close()
 
-    model = accelerator.unwrap_model(model)
-    model.eval()
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    (out / "nlhf_model.json").write_text(json.dumps({"kind": "policy", "trained_by": "sft"}))
-    save_yaml(cfg, out / "config.yaml")
-    return out
+__all__ = [
+    "SFTConfig",
+    "SFTTrainConfig",
+    "build_model",
+    "collate",
+    "encode_demonstrations",
+    "evaluate_sft",
+    "load_sft_data",
+    "response_nll",
+    "sample_order",
+    "train_sft",
+]
