@@ -676,7 +676,7 @@ def test_directories_and_hub_names(tmp_path, tiny_config, monkeypatch, capsys):
 
 
 def test_write_jsonl_is_all_or_nothing(tmp_path):
-    path = write_jsonl(load_comparisons([GOOD]), tmp_path / "out.jsonl")
+    path = write_jsonl(load_comparisons([GOOD, {**GOOD, "prompt": "y"}]), tmp_path / "out.jsonl")
     before = path.read_text()
 
     class Broken:
