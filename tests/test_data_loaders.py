@@ -222,7 +222,7 @@ def test_bad_sources(tmp_path):
         load_comparisons(_write(tmp_path, "rows.txt", "x"))
     with pytest.raises(ValueError, match="not a readable Parquet file"):
         load_comparisons(_write(tmp_path, "rows.parquet", "not parquet"))
-    with pytest.raises(ValueError, match="no valid comparisons"):
+    with pytest.raises(ValueError, match=r"no comparisons \(the source has no rows\)"):
         load_comparisons(_write(tmp_path, "empty.jsonl", "\n"))
     with pytest.raises(ValueError, match="format: unknown format 'tldr'"):
         load_comparisons(FIXTURES / "native.jsonl", format="tldr")

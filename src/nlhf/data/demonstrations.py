@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nlhf.data.formats import _maybe_json
+from nlhf.data.formats import _maybe_json, _optional_str
 from nlhf.data.loaders import Comparisons, load_rows
 from nlhf.data.schema import InvalidComparisonError, Text, _check_text
 
@@ -65,6 +65,25 @@ def detect_demonstration_format(row: Mapping[str, Any]) -> str:
     )
 
 
+def check_demonstration_columns(columns: list[str], format: str = "auto") -> None:
+    """The column names of a table (CSV header, Parquet schema) must hold demonstrations."""
+    has_messages = "messages" in columns
+    has_pair = "prompt" in columns and any(k in columns for k in RESPONSE_KEYS)
+    if format == "messages" and not has_messages:
+        raise InvalidComparisonError("messages", f"no such column (the columns are {columns})")
+    if format == "prompt_response" and not has_pair:
+        raise InvalidComparisonError(
+            "*",
+            f"the columns {columns} have no 'prompt' with 'response', 'completion' or 'label'",
+        )
+    if not (has_messages or has_pair):
+        raise InvalidComparisonError(
+            "*",
+            f"the columns {columns} fit no demonstration format; name the columns: 'messages' "
+            "(a chat list as JSON), or 'prompt' with 'response', 'completion' or 'label'",
+        )
+
+
 def from_messages(row: Mapping[str, Any]) -> Demonstration:
     messages = _maybe_json(row.get("messages"))
     if messages is None:
@@ -92,6 +111,12 @@ def from_prompt_response(row: Mapping[str, Any]) -> Demonstration:
     response = _maybe_json(row.get(key))
     if response is None:
         raise InvalidComparisonError(key, "is missing")
+    if key == "label" and isinstance(response, int | float):
+        raise InvalidComparisonError(
+            key,
+            f"{response!r} is a number, not a response; a row with a numeric label is a "
+            "comparison (load it with load_comparisons / nlhf train-preference)",
+        )
     if isinstance(response, str) and not response.strip():
         raise InvalidComparisonError(key, "is empty")
     try:
@@ -103,8 +128,7 @@ def from_prompt_response(row: Mapping[str, Any]) -> Demonstration:
 
 
 def _split(row: Mapping[str, Any]) -> str | None:
-    value = row.get("split")
-    return None if value in (None, "") else str(value)
+    return _optional_str(row, "split")
 
 
 def convert_demonstration(row: Any, format: str = "auto") -> Demonstration:
@@ -146,4 +170,5 @@ def load_demonstrations(
         config_name=config_name,
         what="demonstrations",
         result=Demonstrations,
+        check_columns=lambda columns: check_demonstration_columns(columns, format),
     )

@@ -27,6 +27,12 @@ from typing import Any
 from nlhf.data.schema import Comparison, InvalidComparisonError
 
 FORMATS = ("native", "chosen_rejected", "summarize_from_feedback", "hh_rlhf")
+REQUIRED_COLUMNS = {
+    "native": ("prompt", "response_a", "response_b", "label"),
+    "chosen_rejected": ("prompt", "chosen", "rejected"),
+    "summarize_from_feedback": ("info", "summaries", "choice"),
+    "hh_rlhf": ("chosen", "rejected"),
+}
 ASSISTANT_MARK = "\n\nAssistant:"
 
 
@@ -45,6 +51,28 @@ def detect_format(row: Mapping[str, Any]) -> str:
         "(prompt, response_a, response_b, label), prompt/chosen/rejected, HH-RLHF "
         "(chosen, rejected) or summarize-from-feedback (info, summaries, choice)",
     )
+
+
+def check_columns(columns: list[str], format: str = "auto") -> None:
+    """The column names of a table (a CSV header, a Parquet schema) must fit ``format``;
+    ``InvalidComparisonError`` names the first missing column."""
+    if format == "auto":
+        try:
+            format = detect_format(dict.fromkeys(columns))
+        except InvalidComparisonError:
+            raise InvalidComparisonError(
+                "*",
+                f"the columns {columns} fit no comparison format; name the columns: "
+                + "; ".join(f"{f}: {', '.join(c)}" for f, c in REQUIRED_COLUMNS.items()),
+            ) from None
+    required = REQUIRED_COLUMNS.get(format, ())
+    for name in required:
+        if name not in columns:
+            raise InvalidComparisonError(
+                name,
+                f"no such column (the columns are {columns}); the {format} format needs "
+                f"{', '.join(required)}",
+            )
 
 
 def _get(row: Mapping[str, Any], field: str) -> Any:
@@ -199,6 +227,8 @@ def from_summarize_from_feedback(row: Mapping[str, Any]) -> Comparison:
             raise InvalidComparisonError(f"summaries[{i}].text", "is missing or empty")
         texts.append(text.strip())
     choice = _get(row, "choice")
+    if isinstance(choice, bool):
+        raise InvalidComparisonError("choice", f"{choice!r} is not 0 or 1")
     try:
         choice_int = int(choice)
     except (TypeError, ValueError):

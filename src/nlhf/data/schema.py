@@ -10,6 +10,7 @@ them through :func:`as_text`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Union
 
@@ -26,31 +27,68 @@ class InvalidComparisonError(ValueError):
         self.message = message
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool", "function", "ipython")
+"""The chat roles a message may have (those of the common chat templates)."""
+
+
+def _check_string(value: str, field: str, what: str = "") -> str:
+    """Text a tokenizer can encode: no lone surrogates (which JSON escapes such as ``\\ud800``
+    produce and no UTF-8 encoder accepts)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidComparisonError(
+            field,
+            f"{what}holds an invalid character {value[err.start]!r} (a lone UTF-16 surrogate) "
+            f"at character {err.start}",
+        ) from None
+    return value
+
+
+def _check_message(m: Any, i: int, field: str) -> dict[str, Any]:
+    if isinstance(m, dict) and "from" in m and "value" in m and "role" not in m:
+        raise InvalidComparisonError(
+            field,
+            f"message {i} has ShareGPT keys 'from'/'value'; convert the messages to "
+            f"'role'/'content' (human -> user, gpt -> assistant)",
+        )
+    if not isinstance(m, dict) or "content" not in m or "role" not in m:
+        raise InvalidComparisonError(
+            field, f"message {i} must be a mapping with 'role' and 'content', got {m!r:.120}"
+        )
+    role, content = m["role"], m["content"]
+    if role not in ROLES:
+        raise InvalidComparisonError(
+            field, f"message {i} has role {role!r:.40}; a role is one of {', '.join(ROLES)}"
+        )
+    if not isinstance(content, str):
+        hint = ""
+        if isinstance(content, list):
+            hint = " (a list of content parts: only text content is read; join the parts' text)"
+        raise InvalidComparisonError(
+            field, f"message {i} has non-text content {content!r:.120}{hint}"
+        )
+    _check_string(content, field, f"message {i} ")
+    return dict(m)
+
+
 def _check_text(value: Any, field: str) -> Text:
     if value is None:
         raise InvalidComparisonError(field, "is missing")
     if isinstance(value, str):
         if not value.strip():
             raise InvalidComparisonError(field, "is empty")
-        return value
+        return _check_string(value, field)
     if isinstance(value, list | tuple):
         if len(value) == 0:
             raise InvalidComparisonError(field, "is an empty message list")
-        messages = []
-        for i, m in enumerate(value):
-            if not isinstance(m, dict) or "content" not in m or "role" not in m:
-                raise InvalidComparisonError(
-                    field, f"message {i} must be a mapping with 'role' and 'content', got {m!r}"
-                )
-            if not isinstance(m["content"], str):
-                raise InvalidComparisonError(
-                    field, f"message {i} has non-text content {m['content']!r}"
-                )
-            messages.append(dict(m))
+        messages = [_check_message(m, i, field) for i, m in enumerate(value)]
         if not any(m["content"].strip() for m in messages):
             raise InvalidComparisonError(field, "all messages are empty")
         return messages
-    raise InvalidComparisonError(field, f"must be text or a list of chat messages, got {value!r}")
+    raise InvalidComparisonError(
+        field, f"must be text or a list of chat messages, got {value!r:.120}"
+    )
 
 
 def _check_label(value: Any) -> float:
@@ -58,16 +96,18 @@ def _check_label(value: Any) -> float:
         raise InvalidComparisonError("label", "is missing")
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, str):
+    if isinstance(value, str):  # CSV cells are text: "1", "0.5" are numbers
         stripped = value.strip()
         if not stripped:
             raise InvalidComparisonError("label", "is empty")
         try:
             value = float(stripped)
         except ValueError:
-            raise InvalidComparisonError("label", f"{value!r} is not a number") from None
-    if not isinstance(value, int | float):
-        raise InvalidComparisonError("label", f"{value!r} is not a number")
+            raise InvalidComparisonError(
+                "label", f"{value!r:.40} is not a number (P(a > b) in [0, 1]: 1 = response_a)"
+            ) from None
+    if type(value) not in (int, float) and not isinstance(value, numbers.Real):  # numpy too
+        raise InvalidComparisonError("label", f"{value!r:.40} is not a number")
     value = float(value)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise InvalidComparisonError("label", f"{value} is outside [0, 1]")
