@@ -206,6 +206,7 @@ def test_wrong_model_name_fails_at_once(server, monkeypatch, tmp_path):
     with pytest.raises(JudgeRequestError, match="'no-such-model' is not served at .*'smollm2'"):
         judge.prob(PROMPTS[:1], RIGHT[:1], WRONG[:1])
     assert time.perf_counter() - t0 < 10 and judge.stats()["requests"] == 1
+    assert isinstance(JudgeRequestError("x"), ValueError)  # the commands print it as one line
 
 
 def test_wrong_api_key_fails_at_once_without_showing_it(server, monkeypatch, tmp_path):

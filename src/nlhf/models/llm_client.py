@@ -22,8 +22,10 @@ import requests
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 
-class JudgeRequestError(RuntimeError):
-    """The server refused a request in a way that retrying cannot fix (or retries ran out)."""
+class JudgeRequestError(ValueError):
+    """The server refused a request in a way that retrying cannot fix (or retries ran out).
+
+    A ``ValueError``: the commands print it as one line (wrong model, key, URL or settings)."""
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)

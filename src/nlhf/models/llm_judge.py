@@ -80,8 +80,9 @@ CACHE_VERSION = 1  # bump when the parsing of a reply changes
 REASK_SEED_STRIDE = 1_000_003
 
 
-class UnparseableAnswersError(RuntimeError):
-    """Replies that stayed neither "1" nor "2" after every re-ask (``on_unparseable="fail"``)."""
+class UnparseableAnswersError(ValueError):
+    """Replies that stayed neither "1" nor "2" after every re-ask (``on_unparseable="fail"``); a
+    ``ValueError``, so the commands print it as one line."""
 
 
 class LLMJudge:
