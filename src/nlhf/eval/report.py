@@ -242,6 +242,7 @@ def write_report(
         "",
         _reading(result),
         "",
+        *judge_section(result),
     ]
     for heading, body in sections:
         parts += [f"## {heading}", "", body.strip(), ""]
@@ -275,6 +276,39 @@ def write_report(
     report = out / "report.md"
     report.write_text("\n".join(parts))
     return report
+
+
+def judge_section(result: TournamentResult) -> list[str]:
+    """Report lines naming the judge, its settings and template, and its request counters
+    (``settings["judge_info"]`` / ``["judge_stats"]``, from judges that keep them, such as the
+    LLM judge); empty for other judges."""
+    info = dict(result.settings.get("judge_info") or {})
+    stats = result.settings.get("judge_stats")
+    if not info and not stats:
+        return []
+    lines = ["## Judge", ""]
+    if info:
+        lines.append(f"{_md(info.pop('kind', 'judge'))}:")
+        lines.append("")
+        templates = {k: info.pop(k) for k in ("template", "chat_template") if k in info}
+        if not (stats or {}).get("chat_prompts"):
+            templates.pop("chat_template", None)  # no chat prompt was judged
+        lines += [f"- {k}: `{_md(v)}`" for k, v in info.items() if v is not None]
+        for name, text in templates.items():
+            lines += ["", f"{name.replace('_', ' ').capitalize()}:", "", "```text", text, "```"]
+    if stats:
+        lines += [
+            "",
+            f"During this tournament: {stats.get('pairs', 0)} response pairs judged with "
+            f"{stats.get('requests', 0)} HTTP requests ({stats.get('retries', 0)} retries) and "
+            f"{stats.get('cache_hits', 0)} answers from the cache; "
+            f"{stats.get('unparseable', 0)} replies answered neither 1 nor 2 "
+            f"({stats.get('reasks', 0)} re-asked, {stats.get('unresolved', 0)} still "
+            "unparseable after the re-asks"
+            + (", each counted as a tie J = 1/2" if info.get("on_unparseable") == "tie" else "")
+            + ").",
+        ]
+    return [*lines, ""]
 
 
 def _metrics_file(path: str | Path) -> Path | None:

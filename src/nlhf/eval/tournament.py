@@ -60,9 +60,10 @@ class TournamentConfig:
     draws fresh prompts from the built-in task"""
     judge: str = "builtin"
     """who compares two responses: 'builtin' (the built-in task's exact simulated raters), a
-    PATH to a trained preference- or reward-model directory, or python:MODULE:FUNCTION (a
+    PATH to a trained preference- or reward-model directory, python:MODULE:FUNCTION (a
     callable fn(prompts, a, b) -> P(a > b) per item, or a Judge object; MODULE may be a .py
-    file)"""
+    file), openai:MODEL@BASE_URL (an LLM judge over an OpenAI-compatible server) or a YAML LLM
+    judge spec file (docs/judges.md)"""
     output_dir: Path = Path("runs/tournament")
     """where the report (report.md, heatmap.png, tournament.json, matrix.csv, samples.jsonl) goes"""
     n_prompts: int = 0
@@ -430,6 +431,28 @@ def _judge_pair(
     return torch.cat(values).numpy()
 
 
+def _judge_stats(judge: Judge) -> dict[str, Any] | None:
+    """A judge's counters (``judge.stats()``, e.g. an LLM judge's requests), if it keeps any."""
+    stats = getattr(judge, "stats", None)
+    return dict(stats()) if callable(stats) else None
+
+
+def _judge_report(judge: Judge, stats_before: dict[str, Any] | None) -> dict[str, Any]:
+    """``judge_info`` (``judge.describe()``) and ``judge_stats`` (the counters' change during
+    this tournament) for judges that provide them."""
+    out: dict[str, Any] = {}
+    describe = getattr(judge, "describe", None)
+    if callable(describe):
+        out["judge_info"] = dict(describe())
+    if stats_before is not None:
+        after = _judge_stats(judge) or {}
+        out["judge_stats"] = {
+            k: v - stats_before.get(k, 0) if isinstance(v, int | float) else v
+            for k, v in after.items()
+        }
+    return out
+
+
 def _interval(
     values: np.ndarray, labels: str, interval: str, confidence: float, seed: int
 ) -> tuple[float, float]:
@@ -575,7 +598,11 @@ def run_tournament(
     hi = np.full((K, K), 0.5)
     pairs = [(r, c) for r in range(K) for c in range(r + 1, K)]
     t0 = time.perf_counter()
-    for r, c in tqdm(pairs, desc="judging", unit="pair", disable=not progress):
+    stats_before = _judge_stats(judge)
+    if not progress and isinstance(getattr(judge, "progress", None), bool):
+        judge.progress = False  # a judge's own progress bar (e.g. an LLM judge's requests)
+    bar = tqdm(pairs, desc="judging", unit="pair", disable=not progress)
+    for r, c in bar:
         pair_seed = _stable_seed(seed, "judge", names[r], names[c])
         gen = torch.Generator().manual_seed(pair_seed)
         values = _judge_pair(
@@ -594,6 +621,9 @@ def run_tournament(
         M[r, c], M[c, r] = p, 1.0 - p
         lo[r, c], hi[r, c] = lower, upper
         lo[c, r], hi[c, r] = 1.0 - upper, 1.0 - lower
+        if stats_before is not None:
+            stats = _judge_stats(judge)
+            bar.set_postfix(requests=stats.get("requests"), cached=stats.get("cache_hits"))
     t_judge = time.perf_counter() - t0
 
     # 5. The pool's meta-game.
@@ -604,6 +634,7 @@ def run_tournament(
     settings["n_prompts"] = len(prompts)
     settings["device"] = str(dev)
     settings["judge"] = judge_name or type(judge).__name__
+    settings.update(_judge_report(judge, stats_before))
     return TournamentResult(
         names=names,
         paths=[str(pool[n]) for n in names],

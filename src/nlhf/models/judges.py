@@ -6,7 +6,8 @@ RLHF baseline). ``load_judge(path)`` reads the ``nlhf_model.json`` marker and re
 one. All are batched, take no gradient and return float32 tensors on the CPU.
 
 :func:`resolve_judge` turns the ``--judge`` string of every command into a judge: a model
-directory, ``python:MODULE:FUNCTION``, or ``SCHEME:REST`` for a scheme registered with
+directory, a YAML judge spec file, ``python:MODULE:FUNCTION``, ``openai:MODEL@BASE_URL`` (an LLM
+judge, :mod:`nlhf.models.llm_judge`), or ``SCHEME:REST`` for a scheme registered with
 :func:`register_judge_scheme`.
 """
 
@@ -128,14 +129,25 @@ def load_judge(
 
 JudgeFactory = Callable[..., Judge]
 """``factory(rest, device=..., batch_size=...) -> Judge`` for a spec ``SCHEME:REST``."""
+MappingFactory = Callable[..., Judge]
+"""``factory(mapping, base_dir=..., where=..., device=..., batch_size=...) -> Judge`` for a YAML
+judge spec file whose ``type`` is the scheme."""
 _SCHEMES: dict[str, JudgeFactory] = {}
+_FILE_SCHEMES: dict[str, MappingFactory] = {}
 
 
-def register_judge_scheme(name: str, factory: JudgeFactory) -> None:
-    """Make ``--judge NAME:REST`` resolve to ``factory(REST, device=..., batch_size=...)``."""
+def register_judge_scheme(
+    name: str, factory: JudgeFactory, from_mapping: MappingFactory | None = None
+) -> None:
+    """Make ``--judge NAME:REST`` resolve to ``factory(REST, device=..., batch_size=...)`` and,
+    with ``from_mapping``, a YAML judge spec file with ``type: NAME`` resolve to
+    ``from_mapping(fields, base_dir=the file's directory, where=the file, device=...,
+    batch_size=...)``."""
     if not name.isidentifier():
         raise ValueError(f"judge scheme {name!r}: must be an identifier")
     _SCHEMES[name] = factory
+    if from_mapping is not None:
+        _FILE_SCHEMES[name] = from_mapping
 
 
 def _python_judge(target: str, device=None, batch_size: int = 64) -> Judge:
@@ -168,17 +180,64 @@ def _python_judge(target: str, device=None, batch_size: int = 64) -> Judge:
 register_judge_scheme("python", _python_judge)
 
 
+def _openai_judge(rest: str, device=None, batch_size: int = 64) -> Judge:
+    from nlhf.models.llm_judge import LLMJudge, parse_openai_spec
+
+    return LLMJudge(parse_openai_spec(rest))
+
+
+def _openai_judge_from_mapping(
+    data: dict, base_dir: Path, where: str, device=None, batch_size: int = 64
+) -> Judge:
+    from nlhf.models.llm_judge import LLMJudge, config_from_mapping
+
+    return LLMJudge(config_from_mapping(data, base_dir, where))
+
+
+register_judge_scheme("openai", _openai_judge, from_mapping=_openai_judge_from_mapping)
+
+
+def load_judge_spec_file(
+    path: str | Path, device: str | torch.device | None = None, batch_size: int = 64
+) -> Judge:
+    """The judge a YAML spec file describes: ``type: SCHEME`` (default ``openai``) and the
+    scheme's fields, e.g. ``model``, ``base_url``, ``template_file`` for an LLM judge."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"--judge {path}: cannot read the judge spec ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--judge {path}: expected a mapping of judge settings")
+    data = dict(data)
+    scheme = str(data.pop("type", "openai"))
+    if scheme not in _FILE_SCHEMES:
+        known = ", ".join(sorted(_FILE_SCHEMES))
+        raise ValueError(f"--judge {path}: unknown type {scheme!r} (known: {known})")
+    return _FILE_SCHEMES[scheme](
+        data, base_dir=path.parent, where=str(path), device=device, batch_size=batch_size
+    )
+
+
 def resolve_judge(
     spec: str, device: str | torch.device | None = None, batch_size: int = 64
 ) -> Judge:
     """The judge a ``--judge`` string names: an existing model directory (written by
-    ``nlhf train-preference``), ``python:MODULE:FUNCTION`` (a ``Judge`` object or a callable
-    ``fn(prompts, a, b)`` returning ``P(a > b)``; MODULE may be a ``.py`` file), or
-    ``SCHEME:REST`` for a registered scheme."""
+    ``nlhf train-preference``), a YAML judge spec file (``.yaml``/``.yml``, e.g. an LLM judge),
+    ``python:MODULE:FUNCTION`` (a ``Judge`` object or a callable ``fn(prompts, a, b)`` returning
+    ``P(a > b)``; MODULE may be a ``.py`` file), ``openai:MODEL@BASE_URL`` (an LLM judge over an
+    OpenAI-compatible server, ``nlhf.models.llm_judge``), or ``SCHEME:REST`` for another
+    registered scheme."""
     spec = str(spec).strip()
     if not spec:
         raise ValueError("--judge: empty judge specification")
     path = Path(spec)
+    if path.suffix.lower() in (".yaml", ".yml") and not path.is_dir():
+        if not path.is_file():
+            raise FileNotFoundError(f"--judge {spec!r}: the judge spec file does not exist")
+        return load_judge_spec_file(path, device=device, batch_size=batch_size)
     if path.exists():
         return load_judge(path, device=device, batch_size=batch_size)
     scheme, sep, rest = spec.partition(":")
