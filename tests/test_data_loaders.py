@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cyclic_raters import cyclic_comparisons, population_prob
 
 from nlhf.data import (
     Comparison,
@@ -17,7 +18,6 @@ from nlhf.data import (
     split_by_prompt,
     write_jsonl,
 )
-from nlhf.data.synthetic import cyclic_comparisons, population_prob
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
