@@ -174,15 +174,15 @@ def resolve_judge(
     """The judge a ``--judge`` string names: an existing model directory (written by
     ``nlhf train-preference``), ``python:MODULE:FUNCTION`` (a ``Judge`` object or a callable
     ``fn(prompts, a, b)`` returning ``P(a > b)``; MODULE may be a ``.py`` file), or
-    ``SCHEME:REST`` for a registered scheme."""
+    ``SCHEME:REST`` (or a bare ``SCHEME``) for a registered scheme."""
     spec = str(spec).strip()
     if not spec:
         raise ValueError("--judge: empty judge specification")
     path = Path(spec)
     if path.exists():
         return load_judge(path, device=device, batch_size=batch_size)
-    scheme, sep, rest = spec.partition(":")
-    if sep and scheme in _SCHEMES:
+    scheme, _, rest = spec.partition(":")
+    if scheme in _SCHEMES:  # SCHEME:REST, or a bare SCHEME (REST empty)
         return _SCHEMES[scheme](rest, device=device, batch_size=batch_size)
     known = ", ".join(f"{k}:..." for k in sorted(_SCHEMES))
     raise FileNotFoundError(
