@@ -104,7 +104,7 @@ def plot_simplex_trajectories(
     (e.g. the reference policy) as a black circle."""
     if len(categories) != 3:
         raise ValueError(f"a ternary plot needs three categories, got {list(categories)}")
-    fig, ax = plt.subplots(figsize=(7.2, 6.6))
+    fig, ax = plt.subplots(figsize=(9.0, 8.0))
     corners = np.eye(3)
     cx, cy = _ternary(corners)
     ax.plot(np.append(cx, cx[0]), np.append(cy, cy[0]), color="black", linewidth=1)
@@ -130,7 +130,7 @@ def plot_simplex_trajectories(
             continue
         x, y = _ternary(shares)
         c = colors(k % 10)
-        ax.plot(x, y, color=c, linewidth=1.3, alpha=0.85, label=name, zorder=3)
+        ax.plot(x, y, color=c, linewidth=1.1, alpha=0.8, label=name, zorder=3)
         ax.scatter(x[-1:], y[-1:], color=c, s=55, marker=MARKERS[k % len(MARKERS)], zorder=5,
                    edgecolor="black", linewidth=0.6)  # fmt: skip
         if own_targets and name in own_targets:

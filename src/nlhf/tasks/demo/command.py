@@ -41,8 +41,7 @@ def _policy_bar(group: list[Stage], steps: int, parallel: bool):
         while not queue.empty():
             name, step = queue.get()
             done[name] = step
-        bar.n = sum(done.values())
-        bar.refresh()
+        bar.update(sum(done.values()) - bar.n)
 
     def close() -> None:
         if bar is not None:
@@ -131,7 +130,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
             nonlocal bar
             if bar is None:
                 bar = tqdm(total=len(pending), desc="judges", unit="model")
-            bar.n = sum(s.name in pipe.ran for s in pending)
+            bar.update(sum(s.name in pipe.ran for s in pending) - bar.n)
             bar.set_postfix_str(f"{time.time() - start:.0f} s in workers", refresh=True)
 
     out = pipe.run_parallel(group, workers, cfg.threads, poll=poll)

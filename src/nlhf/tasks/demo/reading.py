@@ -174,9 +174,26 @@ def headline(result, tracks) -> str:
                 f"{t.kl(t.own)[-1]:.3f} to its own fixed-beta point, which itself lies at KL "
                 f"{kl_to_point(t.own, t.pi_star):.3f} from pi*_tau."
             )
+    unsettled = [t.name for t in tracks if not t.settled()]
+    if unsettled:
+        lines.append(
+            f"- Not settled at its own target by the end of training: {', '.join(unsettled)} "
+            "(see *Convergence in the learned style game*)."
+        )
     k = int(np.argmax(result.worst_case))
     lines.append(
         f"- Best worst case in the tournament: **{names[k]}**, {_worst(result, names[k])}."
+    )
+    above, below = [], []
+    for c, n in enumerate(names):
+        r = names.index(result.worst_opponent[c])
+        (below if result.upper[r, c] < 0.5 else above).append(n)
+    lines.append(
+        "- Worst case not significantly below 1/2 (its interval reaches 1/2): "
+        + (", ".join(above) or "none")
+        + "; significantly below 1/2 (exploited by another policy of the pool): "
+        + (", ".join(below) or "none")
+        + "."
     )
     return "\n".join(lines)
 
@@ -197,32 +214,21 @@ def convergence_reading(tracks) -> str:
     lines = []
     for t in tracks:
         kl_star, kl_own = t.kl(t.pi_star), t.kl(t.own)
-        ratio = t.still_falling(kl_own)
-        peaks = [p for p in _peaks(kl_star) if p > 0.01]
-        state = (
-            "still falling"
-            if ratio < 0.8
-            else "no longer falling"
-            if np.isfinite(ratio)
-            else "too few points to tell"
-        )
-        where = (
-            "at pi*_tau"
-            if kl_star[-1] < NEAR
-            else "at its own target"
-            if kl_own[-1] < NEAR
-            else "away from both pi*_tau and its own target"
-        )
+        lo, hi = t.tail_range(kl_own)
+        if t.settled():
+            state = f"settled: within KL {hi:.3f} of its own target over the last quarter"
+        else:
+            state = f"not settled: KL {lo:.3f}-{hi:.3f} to its own target over the last quarter"
         text = (
-            f"- **{t.name}** ends {where} (KL to pi*_tau {kl_star[-1]:.3f}, to its own target "
-            f"{kl_own[-1]:.3f}); the distance to its own target is {state} (last / previous "
-            f"quarter {ratio:.2f})."
+            f"- **{t.name}** {state} (at the end: {kl_own[-1]:.3f}; to pi*_tau {kl_star[-1]:.3f})."
         )
-        if len(peaks) >= 2:
+        swings = [p for p in _peaks(kl_own) if p > NEAR]
+        if len(swings) >= 2:
+            closing = swings[-1] < 0.5 * swings[0]
             text += (
-                f" On the way it circled: KL to pi*_tau peaked {len(peaks)} times, from "
-                f"{peaks[0]:.3f} to {peaks[-1]:.3f}"
-                + (" (a spiral closing in)." if peaks[-1] < 0.5 * peaks[0] else ".")
+                f" It circled its target: KL rose above {NEAR:g} {len(swings)} times, peaking at "
+                f"{swings[0]:.3f} first and {swings[-1]:.3f} last"
+                + (" (a spiral closing in)." if closing else ".")
             )
         lines.append(text)
     return "\n".join(lines)
@@ -250,8 +256,7 @@ def nash_md_reading(tracks, targets: dict) -> str:
         bias = kl_to_point(t.own, pi_star)
         kl_own = t.kl(t.own)
         lo, hi = t.tail_range(kl_own)
-        ratio = t.still_falling(kl_own)
-        ok = hi < NEAR and not ratio < 0.8
+        ok = t.settled()
         (settled if ok else unsettled).append(t)
         lines.append(
             f"| {t.name} | {t.beta:g} | {bias:.3f} | {t.kl(pi_star)[-1]:.3f} "
@@ -261,8 +266,8 @@ def nash_md_reading(tracks, targets: dict) -> str:
     if settled:
         biased = [t for t in settled if t.beta > 0 and kl_to_point(t.own, pi_star) > hi_band(t)]
         lines.append(
-            f"Settled (the whole last quarter within KL {NEAR:g} of the own target, no longer "
-            f"falling): {', '.join(t.name for t in settled)}."
+            f"Settled (the whole last quarter within KL {NEAR:g} of the own target): "
+            f"{', '.join(t.name for t in settled)}."
             + (
                 f" For {', '.join(t.name for t in biased)} the fixed-beta bias is larger than "
                 "the band: the remaining distance to pi*_tau is the bias of a fixed beta "
@@ -274,7 +279,7 @@ def nash_md_reading(tracks, targets: dict) -> str:
     if unsettled:
         lines.append(
             f"Not settled by the end of training: {', '.join(t.name for t in unsettled)} "
-            f"(a KL above {NEAR:g} in the last quarter, or still falling)."
+            f"(a KL above {NEAR:g} to the own target in the last quarter)."
         )
     return "\n".join(lines)
 
@@ -282,6 +287,20 @@ def nash_md_reading(tracks, targets: dict) -> str:
 def hi_band(track) -> float:
     """Top of KL(own target, ·) over the last quarter."""
     return track.tail_range(track.kl(track.own))[1]
+
+
+def _style_corr(result, task) -> float:
+    """Correlation of the mean win rate with each policy's total variation to the raters'
+    style Nash (from its tournament samples)."""
+    from nlhf.tasks.summaries import STYLES
+
+    nash = task.nash_style_mixture()
+    tv = []
+    for n in result.names:
+        resp = result.samples[n]
+        d = np.array([sum(task.style_of(r) == s for r in resp) for s in STYLES]) / len(resp)
+        tv.append(0.5 * (np.abs(d - nash).sum() + 1 - d.sum()))
+    return float(np.corrcoef(result.mean_win_rate, tv)[0, 1])
 
 
 def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: float) -> str:
@@ -295,6 +314,14 @@ def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: floa
         if resp:
             quality[n] = float(np.mean([task.quality(p, r) for p, r in zip(result.prompts, resp)]))
     lines = []
+    if len(quality) >= 3 and len(quality) == len(names):
+        q = np.array([quality[n] for n in names])
+        r_q = float(np.corrcoef(result.mean_win_rate, q)[0, 1])
+        lines.append(
+            f"- Across the {len(names)} policies the correlation of the mean win rate with "
+            f"the mean quality of their responses is {r_q:.2f}; with their total variation "
+            f"to the raters' style Nash it is {_style_corr(result, task):.2f}."
+        )
     if "SFT" in quality:
         q0 = quality["SFT"]
         better = [n for n in quality if n != "SFT" and quality[n] > q0]
@@ -339,15 +366,21 @@ def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: floa
         cyclic = all(G[i, j] > 0.5 for i, j in pairs) or all(G[i, j] < 0.5 for i, j in pairs)
         wins = {s: sum(G[STYLES.index(s), j] > 0.5 for j in range(len(STYLES))) for s in STYLES}
         order = sorted(STYLES, key=lambda s: (-wins[s], -G[STYLES.index(s)].mean()))
-        lines.append(
-            f"- The {name} "
-            + (
-                "learned a style cycle, so its Nash solution is a mixture."
-                if cyclic
-                else f"ranks the styles transitively ({' > '.join(order)}), so a policy that "
-                f"optimises it is pushed toward `{order[0]}`."
+        if cyclic:
+            text = "learned a style cycle, so its Nash solution is a mixture."
+        else:
+            top, second = STYLES.index(order[0]), STYLES.index(order[1])
+            steps = " > ".join(
+                f"{a} ({G[STYLES.index(a), STYLES.index(b)]:.3f})" for a, b in zip(order, order[1:])
             )
-        )
+            text = f"ranks the styles transitively: {steps} > {order[-1]}"
+            text += (
+                f", so a policy that optimises it is pushed toward `{order[0]}`."
+                if G[top, second] > 0.55
+                else f"; it barely separates `{order[0]}` from `{order[1]}`, so a policy that "
+                "optimises it drops the rest and keeps about the reference's ratio of those two."
+            )
+        lines.append(f"- The {name} {text}")
     if accuracy:
         worst = min(accuracy.values())
         lines.append(

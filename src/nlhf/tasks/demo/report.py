@@ -16,6 +16,7 @@ from nlhf.tasks.convergence import kl_to, read_trajectory, tv_to
 from nlhf.tasks.demo.config import DemoConfig, PolicySpec
 from nlhf.tasks.demo.pipeline import MARKER
 from nlhf.tasks.demo.reading import (
+    NEAR,
     convergence_reading,
     headline,
     nash_md_reading,
@@ -32,8 +33,7 @@ class Track:
     """One policy's style shares during training and its distances to the targets."""
 
     name: str
-    against: str
-    """"preference model" or "reward model\""""
+    against: str  # "preference model" or "reward model"
     steps: np.ndarray  # (N,)
     shares: np.ndarray  # (N, S + 1), the last column: no style word
     target: np.ndarray  # (S,) the Nash of what it trained against
@@ -58,15 +58,9 @@ class Track:
         v = values[self.tail]
         return float(v.min()), float(v.max())
 
-    def still_falling(self, values: np.ndarray) -> float:
-        """Mean of ``values`` over the last quarter of the run divided by its mean over the
-        quarter before (below 0.8: still falling)."""
-        n = len(values)
-        k = max(2, int(round(TAIL * n)))
-        if n < 2 * k:
-            return float("nan")
-        before = float(np.mean(values[n - 2 * k : n - k]))
-        return float(np.mean(values[n - k :])) / max(before, 1e-12)
+    def settled(self) -> bool:
+        """Whether KL(own target, ·) stayed below ``NEAR`` over the whole last quarter."""
+        return self.tail_range(self.kl(self.own))[1] < NEAR
 
 
 def load_tracks(specs: list[PolicySpec], targets: dict, pool: dict[str, Path]) -> list[Track]:
@@ -134,9 +128,9 @@ def convergence_section(tracks: list[Track], targets: dict, out: Path) -> str:
     G = np.asarray(targets["learned_game"])
     rows = [
         "| policy | trained against | style shares at the end (brief, list, story, none) "
-        "| KL(pi*_tau, ·) [last quarter] | KL(own target, ·) [last quarter] | last / previous "
-        "quarter | TV(raters' Nash, ·) |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| KL(pi*_tau, ·) [last quarter] | KL(own target, ·) [last quarter] | settled? "
+        "| TV(raters' Nash, ·) |",
+        "|---|---|---|---:|---:|---|---:|",
     ]
     for t in tracks:
         kl_star, kl_own = t.kl(pi_star), t.kl(t.own)
@@ -145,7 +139,7 @@ def convergence_section(tracks: list[Track], targets: dict, out: Path) -> str:
         rows.append(
             f"| {t.name} | {t.against} | {', '.join(f'{x:.2f}' for x in t.shares[-1])} "
             f"| {kl_star[-1]:.3f} [{lo:.3f}, {hi:.3f}] | {kl_own[-1]:.3f} [{lo2:.3f}, {hi2:.3f}] "
-            f"| {t.still_falling(kl_own):.2f} | {t.tv(raters)[-1]:.2f} |"
+            f"| {'yes' if t.settled() else 'no'} | {t.tv(raters)[-1]:.2f} |"
         )
     target_rows = [
         "| point | brief | list | story | what it is |",
@@ -186,8 +180,7 @@ def convergence_section(tracks: list[Track], targets: dict, out: Path) -> str:
             "= SP: pi*_tau; beta 1 = BR: the best response to SFT); RLHF's is mu exp(r / tau) "
             "with the reward model's reward per style. KL(target, policy) is Theorem 1's "
             "measure; the interval is its range over the last quarter of the recorded points; "
-            "*last / previous quarter* is the ratio of its means over the last two quarters "
-            "(below 0.8: still falling).",
+            f"*settled*: KL(own target, ·) below {NEAR:g} over the whole last quarter.",
             "",
             *target_rows,
             "",
