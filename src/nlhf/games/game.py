@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ArrayLike = np.ndarray
-
 
 def _fmt(x: float) -> str:
     return f"{x:.6g}"
