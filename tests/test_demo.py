@@ -297,3 +297,36 @@ def test_paper_reading_verdicts_follow_the_numbers():
     row = next(ln for ln in text.splitlines() if ln.startswith("| small-beta Nash-MD"))
     assert row.endswith("| disagrees |")
     assert "0 of 5 findings reproduced" in text
+
+
+def test_convergence_reading_tells_settled_from_circling():
+    from nlhf.tasks.demo.reading import convergence_reading, headline, nash_md_reading
+    from nlhf.tasks.demo.report import Track
+
+    steps = np.arange(0, 1001, 25)
+    pi_star, raters = np.array([0.6, 0.2, 0.2]), np.array([0.5, 0.2, 0.3])
+    own = np.array([0.7, 0.15, 0.15])
+    decay = np.exp(-steps / 150.0)[:, None]
+    start = np.array([0.2, 0.5, 0.3])
+    settled = (1 - decay) * own + decay * start  # converges to its own target
+    angle = steps / 50.0  # keeps circling pi*_tau at a fixed radius
+    circling = pi_star + 0.15 * np.stack([np.cos(angle), -np.cos(angle), 0 * angle], 1)
+    none = np.zeros((len(steps), 1))
+    tracks = [
+        Track("MD0.5", "preference model", steps, np.hstack([settled, none]), pi_star,
+              "pi*_tau", own, pi_star, raters, beta=0.5),
+        Track("EMA", "preference model", steps, np.hstack([circling, none]), pi_star,
+              "pi*_tau", pi_star, pi_star, raters),
+    ]  # fmt: skip
+    assert tracks[0].settled() and not tracks[1].settled()
+    text = convergence_reading(tracks)
+    assert "**MD0.5** settled" in text and "**EMA** not settled" in text
+    assert "It circled its target" in text.splitlines()[1]
+    md = nash_md_reading(tracks, {"pi_star_tau": pi_star.tolist()})
+    assert "| MD0.5 | 0.5 |" in md and "Settled (the whole last quarter" in md
+    assert "For MD0.5 the fixed-beta bias is larger than the band" in md
+    names = ["SFT", "MD0.5", "EMA"]
+    result = _result(names, {("MD0.5", "SFT"): 0.6, ("EMA", "MD0.5"): 0.45})
+    text = headline(result, tracks)
+    assert "Not settled at its own target by the end of training: EMA" in text
+    assert "| MD0.5 | preference model (pi*_tau) |" in text
