@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cyclic_raters import cyclic_comparisons, population_prob
 
 from nlhf.data import (
     Comparison,
@@ -21,7 +22,6 @@ from nlhf.data import (
     split_by_prompt,
     write_jsonl,
 )
-from nlhf.data.synthetic import cyclic_comparisons, population_prob
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 

@@ -9,9 +9,10 @@ import pytest
 from scipy import stats
 
 from nlhf.eval.intervals import bootstrap_interval, clopper_pearson, t_interval
-from nlhf.eval.plots import plot_style_distribution, read_metrics
-from nlhf.eval.report import matrix_table, write_report
+from nlhf.eval.plots import read_metrics
+from nlhf.eval.report import matrix_table, report_extras, write_report
 from nlhf.eval.tournament import TournamentResult, pool_summary
+from nlhf.tasks.plots import plot_style_distribution
 
 
 def test_clopper_pearson_matches_scipy_and_the_paper():
@@ -100,8 +101,10 @@ def test_report_has_every_number_and_figure(tmp_path):
     path = write_report(
         result, out, training_curves={"b": run, "ghost": tmp_path / "none"},
         sections=[("Reading", "The **reading** goes here.")], figures={"Styles": style_png},
+        lead_sections=[("Headline", "First things first.")],
     )  # fmt: skip
     text = path.read_text()
+    assert text.index("## Headline") < text.index("## Preference matrix") < text.index("## Reading")
     for expected in [
         "| **a** | — | **0.700 [",  # row a: P(b > a) = 0.7, bold: above 1/2
         "c\\|pipe",  # table cells are escaped
@@ -127,6 +130,22 @@ def test_report_has_every_number_and_figure(tmp_path):
     table = matrix_table(result).splitlines()
     assert len(table) == 2 + len(names)
     assert sum(line.count("**0.") for line in table[2:]) == 3  # three intervals entirely above 1/2
+
+
+def test_report_extras_hook(tmp_path):
+    """A judge (or any object) with report_sections(result, out_dir) contributes sections."""
+    result = make_result(transitive_pool(), ["a", "b", "c"])
+
+    class TaskJudge:
+        def report_sections(self, res, out_dir):
+            assert res is result and out_dir == tmp_path
+            return [("Task", f"{len(res.names)} policies")], {"Fig": tmp_path / "f.png"}
+
+    assert report_extras(TaskJudge(), result, tmp_path) == (
+        [("Task", "3 policies")],
+        {"Fig": tmp_path / "f.png"},
+    )
+    assert report_extras(object(), result, tmp_path) == ([], {})
 
 
 def test_report_errors_are_clear(tmp_path):

@@ -19,7 +19,7 @@ from nlhf.models.tokenizer import build_tokenizer
 
 STYLES = ["brief", "list", "story"]
 CONTENT = ["rain", "storm", "goal", "team", "price", "bank", "gene", "orbit"]
-# Three rater groups (0.40, 0.35, 0.25) with sharp Condorcet tastes (DESIGN.md §3):
+# Three rater groups (0.40, 0.35, 0.25) with sharp Condorcet tastes (docs/task.md):
 # P(brief > list) = 0.65, P(list > story) = 0.75, P(story > brief) = 0.60; Nash (0.5, 0.2, 0.3).
 STYLE_GAME = np.array(
     [

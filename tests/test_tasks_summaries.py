@@ -111,7 +111,7 @@ def test_nash_style_mixture_is_the_exact_nash(task):
     assert pi.shape == (3,) and np.isclose(pi.sum(), 1) and np.all(pi > 0.05)
     assert (pi @ G).min() >= 0.5 - 1e-7  # no style beats the mixture
     assert np.abs(pi - np.asarray(task.config.demo_style_prior)).max() > 0.1
-    sharp = SummaryTask(temperature=1e-3, lapse=0.0)  # DESIGN.md §3: sharp tastes
+    sharp = SummaryTask(temperature=1e-3, lapse=0.0)  # docs/task.md: sharp tastes
     np.testing.assert_allclose(sharp.nash_style_mixture(), [0.5, 0.2, 0.3], atol=1e-6)
 
 
@@ -135,3 +135,41 @@ def test_config_validation_names_the_field():
         SummaryTask(temperature=0.0)
     with pytest.raises(ValueError, match="demo_style_prior"):
         SummaryTask(demo_style_prior=[1.0, 0.0])
+
+
+def test_builtin_judge_scheme(tmp_path):
+    from nlhf.models.judges import resolve_judge
+    from nlhf.tasks.builtin import BUILTIN_EVAL_PROMPT_SEED, register
+    from nlhf.tasks.summaries import SimulatedRaters
+
+    register()
+    judge = resolve_judge("builtin")
+    assert isinstance(judge, SimulatedRaters) and judge.task.config == SummaryTaskConfig()
+    demo = tmp_path / "demo.yaml"  # a demo config: the task's settings are its task: section
+    demo.write_text("output_dir: runs/x\ntask:\n  kappa: 1.5\n  lapse: 0.0\n")
+    judge = resolve_judge(f"builtin:{demo}")
+    assert judge.task.config.kappa == 1.5 and judge.task.config.lapse == 0.0
+    assert judge.eval_prompts(5, seed=1) == judge.task.prompts(5, BUILTIN_EVAL_PROMPT_SEED + 1)
+    demo.write_text("task:\n  kapa: 1.5\n")
+    with pytest.raises(ValueError, match="kapa"):
+        resolve_judge(f"builtin:{demo}")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        resolve_judge(f"builtin:{tmp_path / 'missing.yaml'}")
+
+
+def test_eval_and_models_never_import_tasks():
+    """The import graph runs one way: tasks may use eval and models, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "nlhf"
+    for package in ("eval", "models", "games", "data", "train"):
+        for file in (src / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(file.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                bad = [n for n in names if n == "nlhf.tasks" or n.startswith("nlhf.tasks.")]
+                assert not bad, f"{file.relative_to(src)} imports {bad}"

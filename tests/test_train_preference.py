@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cyclic_raters import cyclic_comparisons
 from safetensors.torch import load_file
 
 import nlhf.train.preference as preference
 from nlhf.cli import main
-from nlhf.data.synthetic import cyclic_comparisons
 from nlhf.models import RewardModelJudge, load_judge
 from nlhf.train.preference import PreferenceTrainConfig, train_preference
 

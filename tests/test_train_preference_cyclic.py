@@ -9,9 +9,9 @@ import time
 from collections import defaultdict
 
 import pytest
+from cyclic_raters import cyclic_comparisons, population_prob, style_of
 
 from nlhf.data import split_by_prompt
-from nlhf.data.synthetic import cyclic_comparisons, population_prob, style_of
 from nlhf.models import load_judge
 from nlhf.train.preference import PreferenceTrainConfig, train_preference
 

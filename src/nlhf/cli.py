@@ -26,6 +26,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tournament": ("nlhf.eval.command", "compare policies pairwise under a judge"),
     "demo": ("nlhf.tasks.demo", "the paper's experiment end to end on the built-in task"),
 }
+# Commands that resolve --judge (nlhf.models.judges.resolve_judge).
+JUDGE_COMMANDS = ("train", "tournament")
+
+
+def register_plugins() -> None:
+    """The composition root: what the built-in task adds to the shared registries (the
+    ``builtin`` judge scheme). ``nlhf.eval`` and ``nlhf.models`` know nothing of the task."""
+    from nlhf.tasks.builtin import register
+
+    register()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    if name in JUDGE_COMMANDS:
+        register_plugins()
     try:
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError) as err:

@@ -24,14 +24,14 @@ __all__ = [
     "pool_summary",
     "run_tournament",
     "t_interval",
-    "task_sections",
+    "report_extras",
     "write_report",
 ]
 
 
 def __getattr__(name: str):
     # The report pulls in matplotlib; import it only when asked for.
-    if name in ("write_report", "task_sections"):
+    if name in ("write_report", "report_extras"):
         from nlhf.eval import report
 
         return getattr(report, name)

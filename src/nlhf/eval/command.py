@@ -6,10 +6,13 @@ is the matrix of P(column beats row) with 95% intervals (Clopper-Pearson for sam
 Student-t or bootstrap for the judge's probabilities), each policy's worst-case win rate, the
 Nash mixture of the pool's meta-game and each policy's exploitability within the pool.
 
-Judges: --judge builtin (the built-in task's exact simulated raters), --judge PATH (a trained
-preference- or reward-model directory), --judge python:MODULE:FUNCTION (any callable
-fn(prompts, a, b) returning P(a > b) per item, or a Judge object; MODULE may be a .py file),
---judge openai:MODEL@BASE_URL or --judge judge.yaml (an LLM over an OpenAI-compatible server).
+Judges (nlhf.models.judges.resolve_judge): --judge PATH (a trained preference- or reward-model
+directory), --judge python:MODULE:FUNCTION (any callable fn(prompts, a, b) returning P(a > b)
+per item, or a Judge object; MODULE may be a .py file), --judge openai:MODEL@BASE_URL or
+--judge judge.yaml (an LLM over an OpenAI-compatible server, docs/judges.md), or a registered
+scheme such as --judge builtin[:TASK.yaml] (the built-in task's exact simulated raters). A judge
+that brings its own evaluation prompts (an ``eval_prompts(n, seed)`` method) makes --prompts
+optional; one with a ``report_sections(result, out_dir)`` method adds its sections to the report.
 
 Example:
   nlhf tournament --policies sft=runs/demo/sft md1=runs/demo/nash-md-0.125 \\
@@ -29,11 +32,6 @@ from nlhf.eval.tournament import (
     parse_policy_specs,
     run_tournament,
 )
-from nlhf.models.judge import Judge
-
-# Prompts drawn for --judge builtin without --prompts use their own stream of the task, so they
-# differ from the prompts the demo trains on (seed 0, 1, ...).
-BUILTIN_EVAL_PROMPT_SEED = 7_919
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,41 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def load_task(task_config: Path | None):
-    """The built-in task (``nlhf.tasks.summaries.SummaryTask``) from a YAML file or defaults."""
-    from nlhf.tasks.summaries import SummaryTask, SummaryTaskConfig
-
-    if task_config is None:
-        return SummaryTask()
-    import yaml
-
-    from nlhf.config import from_dict
-
-    path = Path(task_config)
-    if not path.is_file():
-        raise FileNotFoundError(f"task config {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if isinstance(data, dict) and isinstance(data.get("task"), dict):
-        data = data["task"]
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of SummaryTaskConfig fields")
-    return SummaryTask.from_config(from_dict(SummaryTaskConfig, data, where=str(path)))
-
-
-def build_judge(spec: str, task=None, device: str | None = None) -> Judge:
-    """``builtin`` (the built-in task's raters) or any spec of
-    :func:`nlhf.models.judges.resolve_judge` -> a ``Judge``."""
-    if spec == "builtin":
-        if task is None:
-            task = load_task(None)
-        return task.judge()
-    from nlhf.models.judges import resolve_judge
-
-    return resolve_judge(spec, device=device)
-
-
 def run(args: argparse.Namespace) -> int:
-    from nlhf.eval.report import task_sections, write_report
+    from nlhf.eval.report import report_extras, write_report
+    from nlhf.models.judges import resolve_judge
 
     cfg = config_from_args(TournamentConfig, args)
     if not cfg.policies:
@@ -89,17 +55,16 @@ def run(args: argparse.Namespace) -> int:
         if not sep:
             name, p = Path(spec).name, spec
         curves[name] = Path(p)
-    task = None
-    if cfg.judge == "builtin":
-        task = load_task(cfg.task_config)
     device = None if cfg.device == "auto" else cfg.device
-    judge = build_judge(cfg.judge, task=task, device=device)
+    judge = resolve_judge(cfg.judge, device=device)
     if cfg.prompts is not None:
         prompts = load_prompts(cfg.prompts)
-    elif task is not None:
-        prompts = task.prompts(cfg.n_prompts or 500, seed=BUILTIN_EVAL_PROMPT_SEED + cfg.seed)
+    elif callable(getattr(judge, "eval_prompts", None)):
+        prompts = judge.eval_prompts(cfg.n_prompts or 500, cfg.seed)
     else:
-        raise ValueError("--prompts is required unless --judge builtin")
+        raise ValueError(
+            f"--prompts is required: the judge {cfg.judge!r} brings no prompts of its own"
+        )
 
     result = run_tournament(
         policies,
@@ -119,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     result.settings["judge_spec"] = cfg.judge
-    sections, figures = [], {}
-    if task is not None:
-        sections, figures = task_sections(result, task, cfg.output_dir)
+    sections, figures = report_extras(judge, result, cfg.output_dir)
     report = write_report(result, cfg.output_dir, curves, sections=sections, figures=figures)
     print(result.summary_table())
     print(f"\nreport: {report}")

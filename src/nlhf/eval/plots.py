@@ -3,9 +3,7 @@
 - ``plot_preference_matrix``: heatmap of ``P(column > row)`` with each cell annotated with the
   estimate and its interval (the paper's Table 1/Figure, Munos et al. 2024, §7);
 - ``plot_training_curves``: one subplot per namespaced metric (``pref/mean``, ``kl/ref``, ...) of
-  several runs' ``metrics.jsonl``, one line per run;
-- ``plot_style_distribution``: each policy's distribution over response styles as a stacked bar,
-  next to the exact Nash mixture of the style game (the built-in task, DESIGN.md §3).
+  several runs' ``metrics.jsonl``, one line per run.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
 
 # Metrics shown first when present; the rest follow alphabetically.
 PREFERRED_METRICS = (
@@ -185,57 +182,6 @@ def plot_training_curves(
                 labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 6), 1, 1))
-    return _save(fig, path)
-
-
-def plot_style_distribution(
-    names: Sequence[str],
-    dist: np.ndarray,
-    styles: Sequence[str],
-    nash: np.ndarray,
-    path: str | Path,
-    title: str = "Response styles of each policy vs the Nash mixture of the style game",
-) -> Path:
-    """Stacked horizontal bars: row ``k`` is policy ``names[k]``'s distribution over ``styles``
-    (``dist`` (K, S), rows sum to 1); the top bar is the exact Nash mixture ``nash`` (S,), whose
-    boundaries are also drawn as dashed lines through every bar. Returns the PNG path."""
-    D = np.asarray(dist, dtype=np.float64)
-    nash = np.asarray(nash, dtype=np.float64).reshape(-1)
-    K, S = len(names), len(styles)
-    if D.shape != (K, S):
-        raise ValueError(f"dist has shape {D.shape}, expected ({K}, {S}) for names x styles")
-    if nash.shape != (S,):
-        raise ValueError(f"nash has shape {nash.shape}, expected ({S},)")
-    labels = ["Nash mixture"] + list(names)
-    rows = np.vstack([nash, D])  # (K+1, S)
-    fig, ax = plt.subplots(figsize=(8.5, 0.42 * (K + 1) + 1.8))
-    colors = plt.get_cmap("Set2")
-    y = np.arange(K + 1)[::-1]  # Nash on top
-    left = np.zeros(K + 1)
-    handles = []
-    for s, style in enumerate(styles):
-        width = rows[:, s]
-        color = "0.75" if style == "none" else colors(s % 8)
-        bars = ax.barh(y, width, left=left, color=color, edgecolor="white")
-        handles.append(Patch(facecolor=color, label=style))
-        bars[0].set_edgecolor("black")
-        bars[0].set_linewidth(1.2)
-        for k in range(K + 1):
-            if width[k] >= 0.07:
-                ax.text(
-                    left[k] + width[k] / 2, y[k], f"{width[k]:.0%}", ha="center", va="center",
-                    fontsize=8,
-                )  # fmt: skip
-        left += width
-    for b in np.cumsum(nash)[:-1]:
-        ax.axvline(b, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
-    ax.set_yticks(y, labels=labels)
-    ax.get_yticklabels()[0].set_fontweight("bold")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of responses")
-    ax.set_title(title, fontsize=10, pad=24)
-    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=S, frameon=False)
-    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -1,11 +1,12 @@
 """The tournament report: one Markdown file a person can read, plus the same numbers as JSON/CSV.
 
 Layout of ``report.md`` (Munos et al. 2024, §7 reports the same matrix with 95% intervals):
-  1. what was compared, on how many prompts, under which judge and interval;
+  1. what was compared, on how many prompts, under which judge and interval, then the
+     caller's ``lead_sections`` (e.g. a headline);
   2. the preference matrix ``P(column > row)`` as a table with intervals, and its heatmap;
   3. the pool summary: mean and worst-case win rate, the meta-game's Nash mixture and each
      policy's exploitability within the pool;
-  4. the caller's sections and figures (e.g. the built-in task's style distribution);
+  4. the caller's sections and figures (e.g. a task's own measures, see ``report_extras``);
   5. training curves of every policy (from their ``metrics.jsonl``);
   6. a few sample responses; 7. the files written next to it.
 """
@@ -22,9 +23,23 @@ from nlhf.eval.plots import plot_preference_matrix, plot_training_curves
 from nlhf.eval.tournament import TournamentResult
 
 
-def _md(text: str) -> str:
+def markdown_cell(text: str) -> str:
     """Escape what would break a Markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+_md = markdown_cell
+
+
+def report_extras(source: object, result: TournamentResult, out_dir: str | Path):
+    """The hook for extra report material: ``source.report_sections(result, out_dir)`` when
+    ``source`` (e.g. a judge that belongs to a task) has that method, else nothing. Returns
+    ``(sections, figures)`` for :func:`write_report` (``figures``: ``{caption: png path}``)."""
+    make = getattr(source, "report_sections", None)
+    if not callable(make):
+        return [], {}
+    sections, figures = make(result, out_dir)
+    return list(sections), dict(figures)
 
 
 def matrix_table(result: TournamentResult) -> str:
@@ -150,9 +165,11 @@ def write_report(
     figures: Mapping[str, str | Path] | None = None,
     title: str = "Tournament report",
     n_examples: int = 3,
+    lead_sections: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write ``out_dir/report.md`` with the matrix, pool summary, heatmap, the caller's
-    ``sections`` (``(heading, markdown)`` pairs) and ``figures`` (``{caption: png}``, copied into
+    ``sections`` (``(heading, markdown)`` pairs, after the pool summary), ``lead_sections``
+    (before the matrix) and ``figures`` (``{caption: png}``, copied into
     ``out_dir`` when they live elsewhere), training curves of ``training_curves``
     (``{policy: metrics.jsonl or its run dir}``), and next to it ``tournament.json``,
     ``matrix.csv``, ``policies.csv``, ``samples.jsonl``. Returns the path of ``report.md``."""
@@ -216,6 +233,10 @@ def write_report(
         f"{s.get('temperature', '?')}, at most {s.get('max_new_tokens', '?')} new tokens, seed "
         f"{s.get('seed', '?')}.",
         "",
+    ]
+    for heading, body in lead_sections:
+        parts += [f"## {heading}", "", body.strip(), ""]
+    parts += [
         "## Preference matrix",
         "",
         "Each cell is **P(column beats row)**: the probability that the judge prefers the column "
@@ -316,82 +337,3 @@ def _metrics_file(path: str | Path) -> Path | None:
     if p.is_dir():
         p = p / "metrics.jsonl"
     return p if p.is_file() else None
-
-
-def task_sections(
-    result: TournamentResult, task, out_dir: str | Path
-) -> tuple[list[tuple[str, str]], dict[str, Path]]:
-    """Extra report material for the built-in task (``nlhf.tasks.summaries.SummaryTask``): each
-    policy's style distribution next to the exact Nash mixture of the style game (a figure), and
-    a table of style shares, style exploitability in the style game, mean quality and length.
-
-    Returns ``(sections, figures)`` ready for ``write_report``."""
-    from nlhf.eval.plots import plot_style_distribution
-    from nlhf.games import exploitability
-
-    if not result.samples:
-        return [], {}
-    names = result.names
-    styles = list(task.styles)
-    cols = styles + ["none"]
-    K, S = len(names), len(styles)
-    counts = np.zeros((K, S + 1))
-    quality_mean, quality_half, length = np.zeros(K), np.zeros(K), np.zeros(K)
-    for k, name in enumerate(names):
-        responses = result.samples[name]
-        for r in responses:
-            style = task.style_of(r)
-            counts[k, cols.index(style) if style in styles else S] += 1
-        q = np.array([task.quality(p, r) for p, r in zip(result.prompts, responses)])
-        quality_mean[k] = q.mean()
-        quality_half[k] = 1.96 * q.std(ddof=1) / np.sqrt(q.size) if q.size > 1 else 0.0
-        length[k] = np.mean([len(r.split()) for r in responses])
-    dist = counts / counts.sum(axis=1, keepdims=True)  # (K, S+1)
-    nash = np.asarray(task.nash_style_mixture(), dtype=np.float64)  # (S,)
-    game = np.asarray(task.style_game(), dtype=np.float64)  # (S, S)
-    has_none = bool(dist[:, S].sum() > 0)
-    shown = cols if has_none else styles
-    figure = plot_style_distribution(
-        names,
-        dist if has_none else dist[:, :S],
-        shown,
-        np.append(nash, 0.0) if has_none else nash,
-        Path(out_dir) / "styles.png",
-    )
-    style_expl = []
-    for k in range(K):
-        styled = dist[k, :S]
-        style_expl.append(
-            exploitability(game, styled / styled.sum()) if styled.sum() > 0 else float("nan")
-        )
-    head = (
-        "| policy | "
-        + " | ".join(shown)
-        + " | TV to Nash | style exploitability | mean quality [95% CI] | mean length |"
-    )
-    lines = [head, "|---|" + "---:|" * (len(shown) + 4)]
-    lines.append(
-        "| *Nash mixture of the style game* | "
-        + " | ".join(f"{x:.2f}" for x in (list(nash) + [0.0] * has_none))
-        + " | 0 | 0 | | |"
-    )
-    for k, name in enumerate(names):
-        tv = 0.5 * (np.abs(dist[k, :S] - nash).sum() + dist[k, S])
-        lines.append(
-            f"| {_md(name)} | "
-            + " | ".join(f"{x:.2f}" for x in dist[k, : len(shown)])
-            + f" | {tv:.2f} | {style_expl[k]:.3f} "
-            f"| {quality_mean[k]:.2f} [{quality_mean[k] - quality_half[k]:.2f}, "
-            f"{quality_mean[k] + quality_half[k]:.2f}] | {length[k]:.1f} |"
-        )
-    body = (
-        "The built-in task's raters agree on quality but their style tastes form a Condorcet "
-        "cycle, so the style game (two summaries of equal quality) has a mixed Nash equilibrium "
-        f"({', '.join(f'{s} {w:.2f}' for s, w in zip(styles, nash))}). A reward-model optimum "
-        "picks one style; a Nash policy mixes them. *Style exploitability*: how much a best "
-        "responding style beats the policy's style mix in the style game (0 at the Nash "
-        "mixture). *Quality* is the task's shared quality score of each response (higher is "
-        "better); length counts words including the style word.\n\n" + "\n".join(lines)
-    )
-    sections = [("Built-in task: response styles and quality", body)]
-    return sections, {"Style distribution of each policy vs the Nash mixture": figure}

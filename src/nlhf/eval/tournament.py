@@ -56,14 +56,14 @@ class TournamentConfig:
     checkpoint is a Hugging Face causal-LM directory with its tokenizer"""
     prompts: Path | None = None
     """evaluation prompts: a text file (one prompt per line) or a JSONL file (one object with a
-    "prompt" key, or one JSON string, per line); required unless --judge builtin, which then
-    draws fresh prompts from the built-in task"""
+    "prompt" key, or one JSON string, per line); required unless the judge brings its own
+    prompts (--judge builtin draws fresh prompts from the built-in task)"""
     judge: str = "builtin"
-    """who compares two responses: 'builtin' (the built-in task's exact simulated raters), a
-    PATH to a trained preference- or reward-model directory, python:MODULE:FUNCTION (a
-    callable fn(prompts, a, b) -> P(a > b) per item, or a Judge object; MODULE may be a .py
-    file), openai:MODEL@BASE_URL (an LLM judge over an OpenAI-compatible server) or a YAML LLM
-    judge spec file (docs/judges.md)"""
+    """who compares two responses: a PATH to a trained preference- or reward-model directory,
+    python:MODULE:FUNCTION (a callable fn(prompts, a, b) -> P(a > b) per item, or a Judge object;
+    MODULE may be a .py file), openai:MODEL@BASE_URL (an LLM judge over an OpenAI-compatible
+    server), a YAML LLM judge spec file (docs/judges.md), or 'builtin' / 'builtin:TASK.yaml'
+    (the built-in task's exact simulated raters, with the task settings of a YAML file)"""
     output_dir: Path = Path("runs/tournament")
     """where the report (report.md, heatmap.png, tournament.json, matrix.csv, samples.jsonl) goes"""
     n_prompts: int = 0
@@ -93,10 +93,6 @@ class TournamentConfig:
     judge with a position bias does not favour either side"""
     device: str = "auto"
     """device for the policies: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ..."""
-    task_config: Path | None = None
-    """YAML file with the built-in task's settings for --judge builtin (SummaryTaskConfig
-    fields, or a file with a 'task:' section such as a demo config); default: the task's
-    defaults"""
     training_curves: list[str] = field(default_factory=list)
     """training runs to plot in the report, each NAME=PATH (a metrics.jsonl file or the run
     directory holding one)"""
@@ -630,7 +626,7 @@ def run_tournament(
     summary = pool_summary(M, names)
     settings = dataclasses.asdict(cfg)
     settings.pop("policies"), settings.pop("prompts"), settings.pop("output_dir")
-    settings.pop("task_config"), settings.pop("training_curves"), settings.pop("judge")
+    settings.pop("training_curves"), settings.pop("judge")
     settings["n_prompts"] = len(prompts)
     settings["device"] = str(dev)
     settings["judge"] = judge_name or type(judge).__name__

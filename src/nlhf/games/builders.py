@@ -22,8 +22,6 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import expit
 
-BUILTIN_GAMES = ("rps", "three-raters", "dice", "random")
-
 
 def rock_paper_scissors() -> np.ndarray:
     """Rock, paper, scissors (in that order): each beats the next-but-one surely."""

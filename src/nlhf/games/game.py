@@ -43,8 +43,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ArrayLike = np.ndarray
-
 TAU_MIN = 1e-6
 """Smallest supported ``tau > 0`` (see the module docstring for why)."""
 TAU_MAX = 1e12

@@ -43,8 +43,20 @@ WEIGHT_FILES = (
 )
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# the marker file of preference / reward models written by `nlhf train-preference`
+# the marker file of preference / reward models written by `nlhf train-preference` (SFT
+# policies carry one too, with kind "policy")
 _SCORING_MARKER = "nlhf_model.json"
+
+
+def _is_scoring_model(path: Path) -> bool:
+    """Whether ``path`` holds an ``nlhf_model.json`` marker of a kind other than "policy"."""
+    marker = path / _SCORING_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("kind") != "policy"
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def first_line(err: BaseException) -> str:
@@ -138,7 +150,7 @@ def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = Tr
         raise ValueError(f"{what} ({path}): checkpoint does not exist")
     if not path.is_dir():
         raise ValueError(f"{what} ({path}): must be a directory (save_pretrained output)")
-    if (path / _SCORING_MARKER).is_file():
+    if _is_scoring_model(path):
         raise ValueError(
             f"{what} ({path}): this is a preference/reward-model directory ({_SCORING_MARKER}), "
             "not a policy (causal language model) checkpoint"

@@ -228,21 +228,21 @@ def resolve_judge(
     ``nlhf train-preference``), a YAML judge spec file (``.yaml``/``.yml``, e.g. an LLM judge),
     ``python:MODULE:FUNCTION`` (a ``Judge`` object or a callable ``fn(prompts, a, b)`` returning
     ``P(a > b)``; MODULE may be a ``.py`` file), ``openai:MODEL@BASE_URL`` (an LLM judge over an
-    OpenAI-compatible server, ``nlhf.models.llm_judge``), or ``SCHEME:REST`` for another
-    registered scheme."""
+    OpenAI-compatible server, ``nlhf.models.llm_judge``), or ``SCHEME:REST`` (or a bare
+    ``SCHEME``) for another registered scheme, e.g. ``builtin:TASK.yaml``."""
     spec = str(spec).strip()
     if not spec:
         raise ValueError("--judge: empty judge specification")
     path = Path(spec)
+    scheme, sep, rest = spec.partition(":")
+    if scheme in _SCHEMES and (sep or not path.exists()):  # SCHEME:REST, or a bare SCHEME
+        return _SCHEMES[scheme](rest, device=device, batch_size=batch_size)
     if path.suffix.lower() in (".yaml", ".yml") and not path.is_dir():
         if not path.is_file():
             raise FileNotFoundError(f"--judge {spec!r}: the judge spec file does not exist")
         return load_judge_spec_file(path, device=device, batch_size=batch_size)
     if path.exists():
         return load_judge(path, device=device, batch_size=batch_size)
-    scheme, sep, rest = spec.partition(":")
-    if sep and scheme in _SCHEMES:
-        return _SCHEMES[scheme](rest, device=device, batch_size=batch_size)
     known = ", ".join(f"{k}:..." for k in sorted(_SCHEMES))
     raise FileNotFoundError(
         f"--judge {spec!r}: no such model directory, and not a known judge scheme ({known})"

@@ -1,4 +1,4 @@
-"""Simulated summary raters: the built-in task where the truth is known (DESIGN.md §3).
+"""Simulated summary raters: the built-in task where the truth is known (docs/task.md).
 
 The stand-in for the paper's TL;DR experiment (Munos et al. 2024, §7): documents, summaries, a
 population of human raters whose pairwise preferences are *non-transitive*, and a judge equal to
@@ -368,6 +368,20 @@ class SimulatedRaters:
     ) -> torch.Tensor:
         """0/1 labels from sampled raters: a group by weight, then Bernoulli(P_group)."""
         return self.sample_labels_with_groups(prompts, responses_a, responses_b, generator)[0]
+
+    def eval_prompts(self, n: int, seed: int = 0) -> list[str]:
+        """``n`` fresh documents of the task for a tournament (their own prompt stream)."""
+        from nlhf.tasks.builtin import BUILTIN_EVAL_PROMPT_SEED
+
+        return self.task.prompts(n, seed=BUILTIN_EVAL_PROMPT_SEED + seed)
+
+    def report_sections(self, result, out_dir):
+        """The task's report material for a tournament: each policy's style shares against the
+        style game's Nash mixture, style exploitability, quality (``nlhf.eval.report``'s
+        ``report_extras`` hook)."""
+        from nlhf.tasks.builtin import style_sections
+
+        return style_sections(result, self.task, out_dir)
 
 
 def _check_batch(prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> None:

@@ -1,4 +1,7 @@
-"""A small synthetic comparison set with non-transitive (cyclic) majority preferences.
+"""Test data: a small comparison set with non-transitive (cyclic) majority preferences.
+
+Deliberately simpler than the built-in task (``nlhf.tasks.summaries``, docs/task.md): sharp
+tastes, no quality, no lapses, so the exact majorities are round numbers the tests can assert.
 
 Paper §3.2: with three rater groups whose rankings form a Condorcet cycle, the population
 preference is non-transitive, so no reward model (Bradley-Terry) can represent it, while a
