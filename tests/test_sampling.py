@@ -275,3 +275,32 @@ def test_generate_pair_samples_policy_and_alternative_exactly(tok, beta):
         expected = mixture_token_logprobs(pi, mu, beta, y_alt)
     assert (expected - y_alt.logprobs).abs().max() < 1e-5
     assert not torch.equal(y.response_ids, y_alt.response_ids)  # independent samples
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.0, 1.0, "ema"])
+def test_reference_scores_from_the_sampling_loop_equal_recomputation(tok, beta):
+    """``score_reference=True``: the reference scores y inside the cached loop; the values
+    equal a no-cache forward of the reference, and the samples are the very same draws."""
+    pi, mu = make_lm(tok, 0, spread=0.3), make_lm(tok, 1, spread=0.3)
+    ema = EMAPolicy(make_lm(tok, 2, spread=0.3), decay=0.9) if beta == "ema" else None
+    kwargs = dict(
+        max_new_tokens=10, reference=mu, beta=0.0 if ema else beta, alternative=ema,
+        temperature=0.8,
+    )  # fmt: skip
+    y, y_alt = generate_pair(
+        pi, tok, PROMPTS * 3, generator=torch.Generator().manual_seed(3), score_reference=True,
+        **kwargs,
+    )  # fmt: skip
+    plain_y, plain_alt = generate_pair(
+        pi, tok, PROMPTS * 3, generator=torch.Generator().manual_seed(3), **kwargs
+    )
+    assert torch.equal(y.response_ids, plain_y.response_ids)
+    assert torch.equal(y_alt.response_ids, plain_alt.response_ids)
+    assert plain_y.reference_logprobs is None and y_alt.reference_logprobs is None
+    args = (y.prompt_ids, y.prompt_mask, y.response_ids, y.response_mask)
+    expected = token_logprobs(mu, *args, temperature=0.8)
+    assert y.reference_logprobs.shape == expected.shape
+    assert (y.reference_logprobs - expected).abs().max() < 1e-5
+    assert (y.reference_logprobs[y.response_mask == 0] == 0).all()
+    with pytest.raises(ValueError, match="score_reference"):
+        generate_pair(pi, tok, PROMPTS, beta=0.0, score_reference=True)
