@@ -714,21 +714,55 @@ def _chunk_scores(
     entropy_pending: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``log p(target)`` (n,) and, if pending, the entropy (n,) of one chunk of states (n, D)."""
-    z = head(states)  # (n, V)
-    if z.dtype not in (torch.float32, torch.float64):
-        z = z.float()  # half-precision logits: softmax algebra in float32
-    if temperature != 1.0:
-        z = z / temperature
-    lse = torch.logsumexp(z, dim=-1)  # (n,)
-    logp = z.gather(-1, targets[:, None])[:, 0] - lse  # (n,)
-    entropy = None
-    if entropy_pending[0]:
-        entropy_pending[0] = False
-        with torch.no_grad():
-            z, lse = z.detach(), lse.detach()
+    logits = head(states)  # (n, V)
+    want_entropy = entropy_pending[0]
+    entropy_pending[0] = False  # a recomputation in the backward pass skips the entropy
+    logp, entropy = _TargetLogProb.apply(logits, targets, temperature, want_entropy)
+    return logp, entropy if want_entropy else None
+
+
+class _TargetLogProb(torch.autograd.Function):
+    """``log softmax(logits / T)[target]`` = ``logit_y / T - logsumexp(logits / T)`` (n,) and
+    the entropy (n,) from logits (n, V), upcast from half precision to float32.
+
+    Its backward builds ONE (n, V) tensor, ``(onehot(y) - softmax(logits / T)) * g / T``, in
+    place (autograd's own formula holds three: the scattered one-hot, the softmax, their sum);
+    only the logits and the (n,) normaliser are kept for it.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature: float, want_entropy: bool):
+        z = _tempered(logits, temperature)  # (n, V) float32 (logits itself when T = 1)
+        lse = torch.logsumexp(z, dim=-1)  # (n,)
+        logp = z.gather(-1, targets[:, None])[:, 0] - lse  # (n,)
+        entropy = torch.zeros_like(lse)
+        if want_entropy:  # H = lse - sum_v p_v z_v
             p = torch.exp(z - lse[:, None])  # (n, V)
-            entropy = lse - (p[:, None, :] @ z[:, :, None])[:, 0, 0]  # H = lse - sum p z
-    return logp, entropy
+            entropy = lse - (p[:, None, :] @ z[:, :, None])[:, 0, 0]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logp, grad_entropy):
+        logits, targets, lse = ctx.saved_tensors
+        T = ctx.temperature
+        grad = _tempered(logits, T, copy=True)  # (n, V), the one new tensor
+        grad.sub_(lse[:, None]).exp_().mul_(-grad_logp[:, None] / T)  # -softmax * g / T
+        grad.scatter_add_(-1, targets[:, None], grad_logp[:, None] / T)  # + onehot * g / T
+        return grad.to(logits.dtype), None, None, None
+
+
+def _tempered(logits: torch.Tensor, temperature: float, copy: bool = False) -> torch.Tensor:
+    """``logits / temperature`` in float32 (float64 stays float64); a new tensor if ``copy``."""
+    dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
+    if temperature != 1.0:
+        return logits.to(dtype) / temperature
+    if dtype != logits.dtype:
+        return logits.to(dtype)
+    return logits.clone() if copy else logits
 
 
 def _vocab_size(model, head, states) -> int:
