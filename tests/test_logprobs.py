@@ -143,7 +143,10 @@ def test_soft_capped_logits_fall_back_to_the_models_own_logits():
     )  # fmt: skip
     model = Gemma2ForCausalLM(config).double().eval()
     assert _separable_head(model) is None  # head(hidden) is not the logits: detected
-    assert _separable_head(llama()) is not None
+    assert _separable_head(llama()) is not None and _separable_head(gpt2()) is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the check holds under autocast too
+        assert _separable_head(llama(dtype=torch.float32)) is not None
+    assert _separable_head(llama(dtype=torch.bfloat16)) is not None
     args = batch()
     expected, _ = plain(model, args, 1.0)
     assert torch.allclose(token_logprobs(model, *args, chunk_tokens=3).double(), expected)

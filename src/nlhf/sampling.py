@@ -797,22 +797,21 @@ def _separable_head(model: torch.nn.Module) -> torch.nn.Module | None:
 
 @torch.no_grad()
 def _head_reproduces_logits(hf_model: torch.nn.Module, head: torch.nn.Module) -> bool:
+    """Whether ``head(final hidden states)`` is bit for bit the model's logits (same input,
+    same shapes, same precision context): any post-processing (soft-capping, scaling) fails."""
     ids = torch.tensor([[0, 1]], device=_model_device(hf_model))
     was_training = hf_model.training
     hf_model.eval()
     try:
-        logits = hf_model(input_ids=ids, use_cache=False).logits[0, -1].float()  # (V,)
+        logits = hf_model(input_ids=ids, use_cache=False).logits  # (1, 2, V)
         with _head_bypassed(head):
-            states = hf_model(input_ids=ids, use_cache=False).logits[0, -1]  # (D,)
-        again = head(states).float()  # (V,)
-    except Exception:  # noqa: BLE001 - any failure: use the model's own logits
+            states = hf_model(input_ids=ids, use_cache=False).logits  # (1, 2, D)
+        again = head(states)  # (1, 2, V)
+    except Exception:  # noqa: BLE001 - any failure: score from the model's own logits
         return False
     finally:
         hf_model.train(was_training)
-    if again.shape != logits.shape:
-        return False
-    scale = float(logits.abs().max()) + 1e-6
-    return bool(torch.allclose(again, logits, rtol=1e-3, atol=1e-3 * scale))
+    return again.shape == logits.shape and torch.equal(again.to(logits.dtype), logits)
 
 
 @contextlib.contextmanager
