@@ -304,3 +304,36 @@ def test_reference_scores_from_the_sampling_loop_equal_recomputation(tok, beta):
     assert (y.reference_logprobs[y.response_mask == 0] == 0).all()
     with pytest.raises(ValueError, match="score_reference"):
         generate_pair(pi, tok, PROMPTS, beta=0.0, score_reference=True)
+
+
+def test_llama_linear_layers_are_packed_on_cpu_and_still_exact(tok):
+    """A Llama's nn.Linear layers run pre-packed in the CPU decode loop (the frozen reference's
+    packed weights are kept, the trainable policy's dropped); the cached log-probs still equal
+    a no-cache recomputation with the plain layers."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nlhf.sampling import _PACKED, _onednn_linear_available
+
+    def llama(seed):
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=64,
+            initializer_range=0.3, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        return LlamaForCausalLM(config).eval()
+
+    pi, mu = llama(0), llama(1).requires_grad_(False)
+    y, y_alt = generate_pair(
+        pi, tok, PROMPTS * 2, max_new_tokens=10, reference=mu, beta=0.4, temperature=0.9,
+        generator=torch.Generator().manual_seed(0), score_reference=True,
+    )  # fmt: skip
+    if _onednn_linear_available():
+        assert any(m in _PACKED for m in mu.modules())
+        assert not any(m in _PACKED for m in pi.modules())
+    assert all("forward" not in m.__dict__ for m in (*pi.modules(), *mu.modules()))
+    assert (mixture_token_logprobs(pi, None, 0.0, y, 0.9) - y.logprobs).abs().max() < 1e-5
+    assert (mixture_token_logprobs(pi, mu, 0.4, y_alt, 0.9) - y_alt.logprobs).abs().max() < 1e-5
+    expected = token_logprobs(mu, y.prompt_ids, y.prompt_mask, y.response_ids, y.response_mask, 0.9)
+    assert (expected - y.reference_logprobs).abs().max() < 1e-5

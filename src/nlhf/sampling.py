@@ -532,10 +532,7 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
             out.append(mix_log_probs(logits, [w for _, w in group], temperature))
         return torch.cat(out) if len(out) > 1 else out[0]
 
-    was_training = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
+    with _decoding(models, rows=N):  # eval mode (restored after); CPU: pre-packed weights
         attention = prompt_mask.clone()  # (N, P + t)
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P)
         caches: list = [None] * len(models)
@@ -588,9 +585,6 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
                 caches[k] = _output_cache(out)
                 last_logits[k] = out.logits[:, -1]
             next_pos = next_pos + 1
-    finally:
-        for m, was in zip(models, was_training):
-            m.train(was)
     response_ids = torch.stack(tokens, 1)  # (N, T)
     response_mask = torch.stack(masks, 1)  # (N, T)
     logprobs = torch.stack(logps, 1).float()  # (N, T)
@@ -607,6 +601,95 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
         )
         for c in range(C)
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# CPU: pre-packed linear layers for the decode loop
+
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Linear -> (key, packed)
+
+
+def _onednn_linear_available() -> bool:
+    ops = getattr(torch.ops, "mkldnn", None)
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
+    )
+
+
+@contextlib.contextmanager
+def _decoding(models: Sequence[torch.nn.Module], rows: int):
+    """The models in eval mode (dropout off; each one's mode restored afterwards); on CPU their
+    linear layers pre-packed for ``rows``-row inputs (:func:`_packed_linears`)."""
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    cpu = all(_model_device(m).type == "cpu" for m in models)
+    try:
+        with _packed_linears(models, rows) if cpu else contextlib.nullcontext():
+            yield
+    finally:
+        for m, was in zip(models, was_training):
+            m.train(was)
+
+
+@contextlib.contextmanager
+def _packed_linears(models: Sequence[torch.nn.Module], rows: int):
+    """CPU, float32, no gradient: run the models' ``nn.Linear`` layers through oneDNN with
+    their weights pre-packed for ``rows``-row inputs. The decode loop multiplies a handful of
+    rows by every weight matrix at every token, where BLAS's general matrix product is slow
+    (measured ~1.4x faster sampling for SmolLM2-135M on one core); the results equal
+    ``F.linear``'s to float rounding. A frozen weight's packed copy is kept for later calls
+    (the reference is packed once per run); a trainable one is packed per call and dropped
+    after it (it changes at every optimizer step)."""
+    if not _onednn_linear_available():
+        yield
+        return
+    linears = {
+        id(m): m
+        for model in models
+        for m in model.modules()
+        if type(m) is torch.nn.Linear
+        and m.weight.dtype == torch.float32
+        and m.weight.device.type == "cpu"
+        and "forward" not in m.__dict__  # hooks installed their own forward: leave it
+    }.values()
+    try:
+        for linear in linears:
+            key = (linear.weight.data_ptr(), linear.weight._version)
+            entry = _PACKED.get(linear)
+            if entry is None or entry[0] != key:
+                packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
+                _PACKED[linear] = (key, packed)
+            linear.forward = _PackedForward(linear)
+        yield
+    finally:
+        for linear in linears:
+            linear.__dict__.pop("forward", None)
+            if linear.weight.requires_grad:
+                _PACKED.pop(linear, None)
+
+
+class _PackedForward:
+    """``linear(x)`` with the pre-packed weight; the plain forward under autograd or autocast."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        self.linear = weakref.ref(linear)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        linear = self.linear()
+        entry = _PACKED.get(linear)
+        if (
+            entry is None
+            or torch.is_grad_enabled()
+            or torch.is_autocast_enabled("cpu")
+            or x.dtype != torch.float32
+        ):
+            return torch.nn.Linear.forward(linear, x)
+        flat = x.reshape(-1, x.shape[-1])  # (rows, in)
+        y = torch.ops.mkldnn._linear_pointwise(flat, entry[1], linear.bias, "none", [], "")
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 # --------------------------------------------------------------------------------------------
