@@ -337,3 +337,26 @@ def test_llama_linear_layers_are_packed_on_cpu_and_still_exact(tok):
     assert (mixture_token_logprobs(pi, mu, 0.4, y_alt, 0.9) - y_alt.logprobs).abs().max() < 1e-5
     expected = token_logprobs(mu, y.prompt_ids, y.prompt_mask, y.response_ids, y.response_mask, 0.9)
     assert (expected - y.reference_logprobs).abs().max() < 1e-5
+
+
+def test_shared_prompts_are_encoded_once_per_model(tok):
+    """y and y' share their prompts: a model that samples both encodes the b prompts once and
+    repeats its KV cache (exactness is covered by the recomputation tests above)."""
+
+    class Counting(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.config, self.rows = model, model.config, []
+
+        def forward(self, **kwargs):
+            self.rows.append(kwargs["input_ids"].shape)
+            return self.model(**kwargs)
+
+    pi, mu = Counting(make_lm(tok, 0)), Counting(make_lm(tok, 1))
+    generate_pair(
+        pi, tok, PROMPTS, max_new_tokens=3, reference=mu, beta=0.3, score_reference=True,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    b = len(PROMPTS)
+    assert pi.rows[0][0] == b and mu.rows[0][0] == b  # the prompts, once
+    assert pi.rows[1] == (2 * b, 1) and mu.rows[1] == (2 * b, 1)  # then one token for each copy

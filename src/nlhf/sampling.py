@@ -12,7 +12,9 @@ sequence-level geometric mixture of the two models.
 One step of :func:`generate` (each model keeps its OWN key/value cache):
 
 1. run every model that has a non-zero weight on the new token (the whole left-padded prompt on
-   the first step), one incremental forward each;
+   the first step, encoded once and its cache repeated when a model samples several copies of
+   the batch), one incremental forward each; on CPU the models' linear layers run with weights
+   pre-packed for the few rows of a decode step;
 2. mix: ``log p = log_softmax(sum_k w_k * log_softmax(logits_k / temperature))`` with
    ``w = (1 - beta, beta)``; a model with weight 0 is never run (``beta = 0`` samples the policy,
    ``beta = 1`` the reference, exactly);
@@ -538,18 +540,8 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
         caches: list = [None] * len(models)
         last_logits: list[torch.Tensor] = []
         for k, model in enumerate(models):
-            _, keep_ok = _cache_kwarg(model)
-            extra = {"logits_to_keep": 1} if keep_ok else {}
-            r = rows[k]
-            out = model(
-                input_ids=prompt_ids[r],
-                attention_mask=attention[r],
-                position_ids=positions[r],
-                use_cache=True,
-                **extra,
-            )
-            caches[k] = _output_cache(out)
-            last_logits.append(out.logits[:, -1])  # (rows_k, V)
+            caches[k], logits = _prefill(model, prompt_ids, attention, positions, rows[k], b)
+            last_logits.append(logits)  # (rows_k, V)
         next_pos = positions[:, -1] + 1  # (N,)
         done = torch.zeros(N, dtype=torch.bool, device=device)
         tokens, masks, logps, scores = [], [], [], []
@@ -601,6 +593,35 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
         )
         for c in range(C)
     ]
+
+
+def _prefill(model, prompt_ids, attention, positions, rows: slice, b: int):
+    """One model's forward over the prompts of its rows: its KV cache and last logits (rows, V).
+
+    The copies of a batch share their prompts, so a model that runs on several copies (the
+    policy for ``y`` and the mixture's ``y'``) encodes the b prompts once and repeats the cache.
+    """
+    copies = (rows.stop - rows.start) // b
+    first = slice(rows.start, rows.start + b) if copies > 1 else rows
+    cache, logits = _encode_prompts(model, prompt_ids[first], attention[first], positions[first])
+    if copies == 1:
+        return cache, logits
+    index = torch.arange(b, device=logits.device).repeat(copies)  # copy-major rows
+    try:
+        cache.batch_select_indices(index)
+    except (AttributeError, NotImplementedError, TypeError):  # a cache that cannot: encode all
+        return _encode_prompts(model, prompt_ids[rows], attention[rows], positions[rows])
+    return cache, logits[index]
+
+
+def _encode_prompts(model, ids, attention, positions):
+    """A forward over left-padded prompts (rows, P): the KV cache and the last logits (rows, V)."""
+    _, keep_ok = _cache_kwarg(model)
+    extra = {"logits_to_keep": 1} if keep_ok else {}
+    out = model(
+        input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **extra
+    )
+    return _output_cache(out), out.logits[:, -1]
 
 
 # --------------------------------------------------------------------------------------------
