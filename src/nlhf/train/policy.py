@@ -675,14 +675,9 @@ def train_policy(
             # 6. clip, optimizer and scheduler step, EMA update
             if cfg.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            else:
-                grad_norm = torch.sqrt(
-                    sum(
-                        (p.grad.float() ** 2).sum()
-                        for p in policy.parameters()
-                        if p.grad is not None
-                    )
-                )
+            else:  # the norm for the log only (no temporaries of the gradients' size)
+                norms = [p.grad.norm() for p in policy.parameters() if p.grad is not None]
+                grad_norm = torch.stack(norms).norm() if norms else torch.zeros(())
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
