@@ -123,6 +123,15 @@ def load_tokenizer(path: str | Path, what: str = "tokenizer"):
     return tokenizer
 
 
+def _marker_kind(path: Path) -> str | None:
+    """The ``kind`` in a directory's nlhf marker (``nlhf sft`` marks policies ``"policy"``)."""
+    try:
+        marker = json.loads((path / _SCORING_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker.get("kind") if isinstance(marker, dict) else None
+
+
 def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = True) -> None:
     """Fail fast, without loading the weights, unless ``path`` is a loadable causal-LM
     checkpoint (see the module docstring). ``tokenizer=False`` skips the tokenizer checks."""
@@ -138,7 +147,7 @@ def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = Tr
         raise ValueError(f"{what} ({path}): checkpoint does not exist")
     if not path.is_dir():
         raise ValueError(f"{what} ({path}): must be a directory (save_pretrained output)")
-    if (path / _SCORING_MARKER).is_file():
+    if (path / _SCORING_MARKER).is_file() and _marker_kind(path) != "policy":
         raise ValueError(
             f"{what} ({path}): this is a preference/reward-model directory ({_SCORING_MARKER}), "
             "not a policy (causal language model) checkpoint"
