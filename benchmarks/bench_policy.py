@@ -1,12 +1,23 @@
 """Benchmark: nlhf's Nash-MD-PG trainer vs trl 1.13.0's NashMDTrainer, and mixture sampling cost.
 
-Munos et al. 2024, §6 (Nash-MD-PG). Both trainers get the same models (a GPT-2-shaped policy,
-4 layers x 256 wide, built from a config, and a reward model of the same shape used through
-Bradley-Terry as the judge), the same prompts, batch 16, 64 new tokens, temperature 1, AdamW.
+Munos et al. 2024, §6 (Nash-MD-PG). Both trainers get the same models, prompts, batch, response
+length, temperature 1, AdamW, full fine-tuning or LoRA (``--lora``):
+
+- default: a GPT-2-shaped policy (4 layers x 256 wide, built from a config, vocabulary 8192)
+  and a reward model of the same shape used through Bradley-Terry as the judge; batch 16,
+  64 new tokens;
+- ``--model PATH``: a real causal LM checkpoint, e.g. SmolLM2-135M-Instruct
+  (``nlhf.models.pretrained.smollm2_checkpoint()``, a 30-layer Llama with a 49k vocabulary),
+  its tokenizer, and a reward model on the same backbone (a new scalar head); plain-text
+  prompts of ``--prompt-tokens`` tokens. The issue's setting: ``--batch-size 4
+  --new-tokens 64 --threads 1``.
+
 What is measured, in one invocation, alternating between the two in every round (each run in
 its own subprocess so that peak memory is its own):
 
-1. seconds per training step (median over rounds x steps, the first step of a run excluded);
+1. seconds per training step (median over rounds x steps, the first step of a run excluded),
+   and for nlhf where the step's time goes (sampling, judge, the rest: log-probs, backward,
+   optimizer) from its own metrics;
 2. peak memory: CPU peak RSS of the worker process, and the increase over the RSS before
    training started (on CUDA: ``torch.cuda.max_memory_allocated``);
 3. mixture sampling time / plain policy sampling time for ``nlhf.sampling.generate`` (one KV
@@ -16,9 +27,11 @@ trl is NOT a dependency of nlhf. Run this in a separate environment that has it,
 
     python3 -m venv .bench-venv
     .bench-venv/bin/pip install torch==2.13.0          # first, pinned
-    .bench-venv/bin/pip install trl==1.13.0 requests
-    .bench-venv/bin/pip install -e .
+    .bench-venv/bin/pip install trl==1.13.0 requests peft scipy psutil pyyaml matplotlib
+    .bench-venv/bin/pip install --no-deps -e .
     .bench-venv/bin/python benchmarks/bench_policy.py --out runs/bench_policy.json
+    .bench-venv/bin/python benchmarks/bench_policy.py --batch-size 4 --new-tokens 64 \
+        --model ~/.cache/nlhf/smollm2-135m-instruct-float32 --threads 1 --rounds 2 --steps 3
 
 Without trl the benchmark still runs (nlhf only) and the JSON says why trl is missing.
 """
@@ -37,9 +50,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-BATCH = 16
-NEW_TOKENS = 64
 
 
 def _threads(n: int | None) -> None:
@@ -73,9 +83,10 @@ def _peak_rss_mb() -> float:
 # ------------------------------------------------------------------------------ set-up
 
 
-def build(workdir: Path, vocab_size: int, prompt_tokens: int, seed: int) -> dict:
-    """Tokenizer, policy and reward model from configs (no download), prompts; saved to disk."""
-    import random
+def build(workdir: Path, args) -> dict:
+    """Tokenizer, policy and reward model (saved to ``workdir``), prompts; no download."""
+    if args.model:
+        return build_real(workdir, args)
 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -83,20 +94,11 @@ def build(workdir: Path, vocab_size: int, prompt_tokens: int, seed: int) -> dict
     from nlhf.models import RewardModel, random_backbone
     from nlhf.models.tokenizer import build_tokenizer
 
-    rng = random.Random(seed)
     # corpus: the Python sources of the installed packages, a realistic local text source
-    import transformers
-
-    files = sorted(Path(transformers.__file__).parent.rglob("*.py"))[:400]
-    corpus = [f.read_text(errors="ignore") for f in files]
-    tok = build_tokenizer(corpus, kind="bpe", vocab_size=vocab_size)
-    words = " ".join(corpus[:50]).split()
-    prompts = []
-    for _ in range(64):
-        start = rng.randrange(len(words) - 200)
-        ids = tok(" ".join(words[start : start + 200]), add_special_tokens=False)["input_ids"]
-        prompts.append("<bos>" + tok.decode(ids[: prompt_tokens - 1]))
-    torch.manual_seed(seed)
+    corpus = _corpus()
+    tok = build_tokenizer(corpus, kind="bpe", vocab_size=args.vocab_size)
+    prompts = ["<bos>" + p for p in _prompts(tok, corpus, args.prompt_tokens - 1, args.seed)]
+    torch.manual_seed(args.seed)
     shape = dict(n_layer=4, n_embd=256, n_head=4, n_positions=256)
     config = GPT2Config(
         vocab_size=len(tok),
@@ -111,12 +113,65 @@ def build(workdir: Path, vocab_size: int, prompt_tokens: int, seed: int) -> dict
     reward = RewardModel(random_backbone({"model_type": "gpt2", **shape}, tok), tok)
     reward.save_pretrained(workdir / "reward")
     (workdir / "prompts.json").write_text(json.dumps(prompts))
+    (workdir / "policy_path").write_text(str(workdir / "policy"))
     return {
+        "model": "GPT-2-shaped, random init",
         "vocab_size": len(tok),
         "policy_parameters": sum(p.numel() for p in policy.parameters()),
-        "prompt_tokens": prompt_tokens,
+        "prompt_tokens": args.prompt_tokens,
         **shape,
     }
+
+
+def build_real(workdir: Path, args) -> dict:
+    """A real checkpoint as the policy; a reward model on the same backbone (new scalar head)."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from nlhf.models import RewardModel
+    from nlhf.models.preference import pretrained_backbone
+
+    path = Path(args.model).expanduser().resolve()
+    tok = AutoTokenizer.from_pretrained(path)
+    prompts = _prompts(tok, _corpus(), args.prompt_tokens, args.seed)
+    torch.manual_seed(args.seed)
+    reward = RewardModel(pretrained_backbone(path, 1).float(), tok)
+    reward.save_pretrained(workdir / "reward")
+    (workdir / "prompts.json").write_text(json.dumps(prompts))
+    (workdir / "policy_path").write_text(str(path))
+    config = AutoConfig.from_pretrained(path)
+    return {
+        "model": str(path),
+        "model_type": config.model_type,
+        "vocab_size": config.vocab_size,
+        "layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "policy_parameters": sum(p.numel() for p in reward.backbone.parameters()),
+        "prompt_tokens": args.prompt_tokens,
+    }
+
+
+def _corpus() -> list[str]:
+    import transformers
+
+    files = sorted(Path(transformers.__file__).parent.rglob("*.py"))[:400]
+    return [f.read_text(errors="ignore") for f in files]
+
+
+def _prompts(tok, corpus: list[str], n_tokens: int, seed: int, count: int = 64) -> list[str]:
+    """``count`` plain-text prompts of ``n_tokens`` tokens cut from the corpus."""
+    import random
+
+    rng = random.Random(seed)
+    words = " ".join(corpus[:50]).split()
+    prompts = []
+    while len(prompts) < count:
+        start = rng.randrange(len(words) - 200)
+        ids = tok(" ".join(words[start : start + 200]), add_special_tokens=False)["input_ids"]
+        text = tok.decode(ids[:n_tokens])
+        if len(tok(text, add_special_tokens=False)["input_ids"]) == n_tokens:  # round trip
+            prompts.append(text)
+    return prompts
 
 
 # ------------------------------------------------------------------------------ workers
@@ -124,7 +179,6 @@ def build(workdir: Path, vocab_size: int, prompt_tokens: int, seed: int) -> dict
 
 def worker_nlhf(args) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from nlhf.models import load_judge
     from nlhf.train.policy import PolicyTrainConfig, train_policy
@@ -132,15 +186,14 @@ def worker_nlhf(args) -> dict:
     _threads(args.threads)
     device = _device(args.device)
     wd = Path(args.workdir)
-    policy = AutoModelForCausalLM.from_pretrained(wd / "policy")
-    tok = AutoTokenizer.from_pretrained(wd / "policy")
-    judge = load_judge(wd / "reward", device=device, batch_size=BATCH)
+    judge = load_judge(wd / "reward", device=device, batch_size=args.batch_size)
     prompts = json.loads((wd / "prompts.json").read_text())
     cfg = PolicyTrainConfig(
+        policy=(wd / "policy_path").read_text(),
         output_dir=str(wd / "out-nlhf"),
         steps=args.steps,
-        batch_size=BATCH,
-        max_new_tokens=NEW_TOKENS,
+        batch_size=args.batch_size,
+        max_new_tokens=args.new_tokens,
         temperature=1.0,
         alternative="mixture",
         beta=args.beta,
@@ -151,24 +204,28 @@ def worker_nlhf(args) -> dict:
         progress=False,
         cpu=device == "cpu",
         seed=args.seed,
+        lora=args.lora,
+        mixed_precision=args.mixed_precision,
     )
-    stamps, lengths = [], []
+    stamps, records = [], []
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss0 = _rss_mb()
 
     def on_step(step, model, record):
+        if device == "cuda":
+            torch.cuda.synchronize()
         stamps.append(time.perf_counter())
-        lengths.append(record["policy/length"])
+        records.append(record)
 
     start = time.perf_counter()
-    train_policy(
-        cfg, prompts=prompts, judge=judge, policy_model=policy, tokenizer=tok, callback=on_step
-    )
+    train_policy(cfg, prompts=prompts, judge=judge, callback=on_step)
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
     return {
         "step_seconds": times,
-        "mean_response_tokens": statistics.mean(lengths),
+        "sample_seconds": [r["time/sample"] for r in records],
+        "judge_seconds": [r["time/judge"] for r in records],
+        "mean_response_tokens": statistics.mean(r["policy/length"] for r in records),
         "peak_rss_mb": _peak_rss_mb(),
         "rss_before_training_mb": rss0,
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
@@ -189,15 +246,25 @@ def worker_trl(args) -> dict:
     _threads(args.threads)
     device = _device(args.device)
     wd = Path(args.workdir)
-    policy = AutoModelForCausalLM.from_pretrained(wd / "policy")
-    reference = AutoModelForCausalLM.from_pretrained(wd / "policy")
-    reward = AutoModelForSequenceClassification.from_pretrained(wd / "reward", num_labels=1)
-    tok = AutoTokenizer.from_pretrained(wd / "policy")
+    policy_path = (wd / "policy_path").read_text()
+    policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+    reference = None  # LoRA: trl uses the base model with the adapters disabled
+    if not args.lora:
+        reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+    reward = AutoModelForSequenceClassification.from_pretrained(
+        wd / "reward", num_labels=1, dtype=torch.float32
+    )
+    tok = AutoTokenizer.from_pretrained(policy_path)
     prompts = json.loads((wd / "prompts.json").read_text())
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.0)
     config = NashMDConfig(
         output_dir=str(wd / "out-trl"),
-        per_device_train_batch_size=BATCH,
-        max_new_tokens=NEW_TOKENS,
+        per_device_train_batch_size=args.batch_size,
+        max_new_tokens=args.new_tokens,
         temperature=1.0,
         mixture_coef=[args.beta],
         beta=[args.tau],
@@ -211,11 +278,14 @@ def worker_trl(args) -> dict:
         seed=args.seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        bf16=args.mixed_precision == "bf16",
     )
     stamps: list[float] = []
 
     class Stamp(TrainerCallback):
         def on_step_end(self, *a, **k):
+            if device == "cuda":
+                torch.cuda.synchronize()
             stamps.append(time.perf_counter())
 
     trainer = NashMDTrainer(
@@ -226,6 +296,7 @@ def worker_trl(args) -> dict:
         processing_class=tok,
         train_dataset=Dataset.from_dict({"prompt": prompts}),
         callbacks=[Stamp()],
+        peft_config=peft_config,
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -256,10 +327,12 @@ def worker_sampling(args) -> dict:
     _threads(args.threads)
     device = _device(args.device)
     wd = Path(args.workdir)
-    policy = AutoModelForCausalLM.from_pretrained(wd / "policy").to(device).eval()
-    reference = AutoModelForCausalLM.from_pretrained(wd / "policy").to(device).eval()
-    tok = AutoTokenizer.from_pretrained(wd / "policy")
-    prompts = json.loads((wd / "prompts.json").read_text())[:BATCH]
+    policy_path = (wd / "policy_path").read_text()
+    policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+    policy, reference = policy.to(device).eval(), reference.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    prompts = json.loads((wd / "prompts.json").read_text())[: args.batch_size]
     gen = torch.Generator(device=device).manual_seed(0)
 
     def sync():
@@ -274,7 +347,7 @@ def worker_sampling(args) -> dict:
         return time.perf_counter() - t, out
 
     plain, mixture, lengths = [], [], []
-    kw = dict(max_new_tokens=NEW_TOKENS, generator=gen)
+    kw = dict(max_new_tokens=args.new_tokens, generator=gen)
     generate(policy, tok, prompts, **kw)  # warm-up
     for _ in range(args.sampling_repeats):
         t, s = timed(lambda: generate(policy, tok, prompts, **kw))
@@ -307,6 +380,8 @@ def run_worker(kind: str, args, workdir: Path) -> dict:
     cmd += ["--steps", str(args.steps), "--device", args.device, "--seed", str(args.seed)]
     cmd += ["--beta", str(args.beta), "--tau", str(args.tau)]
     cmd += ["--sampling-repeats", str(args.sampling_repeats)]
+    cmd += ["--batch-size", str(args.batch_size), "--new-tokens", str(args.new_tokens)]
+    cmd += ["--mixed-precision", args.mixed_precision] + (["--lora"] if args.lora else [])
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     result_file = workdir / f"result-{kind}.json"
@@ -334,6 +409,18 @@ def summarize(runs: list[dict]) -> dict:
         out["cuda_peak_mb"] = max(cuda)
     if "mean_response_tokens" in runs[0]:
         out["mean_response_tokens"] = statistics.mean(r["mean_response_tokens"] for r in runs)
+    if "sample_seconds" in runs[0]:  # nlhf: where the step's time goes (first steps dropped)
+        sample = [t for r in runs for t in r["sample_seconds"][1:]]
+        judge = [t for r in runs for t in r["judge_seconds"][1:]]
+        out["sample_seconds_median"] = statistics.median(sample)
+        out["judge_seconds_median"] = statistics.median(judge)
+        out["rest_seconds_median"] = statistics.median(
+            s - a - j
+            for r in runs
+            for s, a, j in zip(
+                r["step_seconds"][1:], r["sample_seconds"][1:], r["judge_seconds"][1:]
+            )
+        )
     return out
 
 
@@ -344,7 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4, help="training steps per run")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
-    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--model", help="a causal-LM checkpoint directory (default: GPT-2-shaped)")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per training step")
+    parser.add_argument("--new-tokens", type=int, default=64, help="maximum response length")
+    parser.add_argument("--lora", action="store_true", help="LoRA (r 8) instead of full")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    parser.add_argument("--vocab-size", type=int, default=8192, help="GPT-2-shaped models")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--beta", type=float, default=0.125, help="mixture coefficient")
     parser.add_argument("--tau", type=float, default=0.1, help="KL coefficient (trl: beta)")
@@ -375,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         trl_version = trl.__version__
     with tempfile.TemporaryDirectory(prefix="nlhf-bench-") as tmp:
         workdir = Path(tmp)
-        setup = build(workdir, args.vocab_size, args.prompt_tokens, args.seed)
+        setup = build(workdir, args)
         print(f"[bench] models built: {setup}", file=sys.stderr)
         runs: dict[str, list[dict]] = {"nlhf": [], "trl": []}
         errors: dict[str, str] = {}
@@ -398,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "policy training step: nlhf Nash-MD-PG vs trl NashMDTrainer",
         "setup": {
             **setup,
-            "batch_size": BATCH,
-            "max_new_tokens": NEW_TOKENS,
+            "batch_size": args.batch_size,
+            "max_new_tokens": args.new_tokens,
+            "fine_tuning": "LoRA r 8" if args.lora else "full",
+            "mixed_precision": args.mixed_precision,
             "beta (mixture)": args.beta,
             "tau (KL)": args.tau,
             "rounds": args.rounds,

@@ -275,3 +275,88 @@ def test_generate_pair_samples_policy_and_alternative_exactly(tok, beta):
         expected = mixture_token_logprobs(pi, mu, beta, y_alt)
     assert (expected - y_alt.logprobs).abs().max() < 1e-5
     assert not torch.equal(y.response_ids, y_alt.response_ids)  # independent samples
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.0, 1.0, "ema"])
+def test_reference_scores_from_the_sampling_loop_equal_recomputation(tok, beta):
+    """``score_reference=True``: the reference scores y inside the cached loop; the values
+    equal a no-cache forward of the reference, and the samples are the very same draws."""
+    pi, mu = make_lm(tok, 0, spread=0.3), make_lm(tok, 1, spread=0.3)
+    ema = EMAPolicy(make_lm(tok, 2, spread=0.3), decay=0.9) if beta == "ema" else None
+    kwargs = dict(
+        max_new_tokens=10, reference=mu, beta=0.0 if ema else beta, alternative=ema,
+        temperature=0.8,
+    )  # fmt: skip
+    y, y_alt = generate_pair(
+        pi, tok, PROMPTS * 3, generator=torch.Generator().manual_seed(3), score_reference=True,
+        **kwargs,
+    )  # fmt: skip
+    plain_y, plain_alt = generate_pair(
+        pi, tok, PROMPTS * 3, generator=torch.Generator().manual_seed(3), **kwargs
+    )
+    assert torch.equal(y.response_ids, plain_y.response_ids)
+    assert torch.equal(y_alt.response_ids, plain_alt.response_ids)
+    assert plain_y.reference_logprobs is None and y_alt.reference_logprobs is None
+    args = (y.prompt_ids, y.prompt_mask, y.response_ids, y.response_mask)
+    expected = token_logprobs(mu, *args, temperature=0.8)
+    assert y.reference_logprobs.shape == expected.shape
+    assert (y.reference_logprobs - expected).abs().max() < 1e-5
+    assert (y.reference_logprobs[y.response_mask == 0] == 0).all()
+    with pytest.raises(ValueError, match="score_reference"):
+        generate_pair(pi, tok, PROMPTS, beta=0.0, score_reference=True)
+
+
+def test_llama_linear_layers_are_packed_on_cpu_and_still_exact(tok):
+    """A Llama's nn.Linear layers run pre-packed in the CPU decode loop (the frozen reference's
+    packed weights are kept, the trainable policy's dropped); the cached log-probs still equal
+    a no-cache recomputation with the plain layers."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nlhf.sampling import _PACKED, _onednn_linear_available
+
+    def llama(seed):
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=64,
+            initializer_range=0.3, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+        return LlamaForCausalLM(config).eval()
+
+    pi, mu = llama(0), llama(1).requires_grad_(False)
+    y, y_alt = generate_pair(
+        pi, tok, PROMPTS * 2, max_new_tokens=10, reference=mu, beta=0.4, temperature=0.9,
+        generator=torch.Generator().manual_seed(0), score_reference=True,
+    )  # fmt: skip
+    if _onednn_linear_available():
+        assert any(m in _PACKED for m in mu.modules())
+        assert not any(m in _PACKED for m in pi.modules())
+    assert all("forward" not in m.__dict__ for m in (*pi.modules(), *mu.modules()))
+    assert (mixture_token_logprobs(pi, None, 0.0, y, 0.9) - y.logprobs).abs().max() < 1e-5
+    assert (mixture_token_logprobs(pi, mu, 0.4, y_alt, 0.9) - y_alt.logprobs).abs().max() < 1e-5
+    expected = token_logprobs(mu, y.prompt_ids, y.prompt_mask, y.response_ids, y.response_mask, 0.9)
+    assert (expected - y.reference_logprobs).abs().max() < 1e-5
+
+
+def test_shared_prompts_are_encoded_once_per_model(tok):
+    """y and y' share their prompts: a model that samples both encodes the b prompts once and
+    repeats its KV cache (exactness is covered by the recomputation tests above)."""
+
+    class Counting(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.config, self.rows = model, model.config, []
+
+        def forward(self, **kwargs):
+            self.rows.append(kwargs["input_ids"].shape)
+            return self.model(**kwargs)
+
+    pi, mu = Counting(make_lm(tok, 0)), Counting(make_lm(tok, 1))
+    generate_pair(
+        pi, tok, PROMPTS, max_new_tokens=3, reference=mu, beta=0.3, score_reference=True,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    b = len(PROMPTS)
+    assert pi.rows[0][0] == b and mu.rows[0][0] == b  # the prompts, once
+    assert pi.rows[1] == (2 * b, 1) and mu.rows[1] == (2 * b, 1)  # then one token for each copy

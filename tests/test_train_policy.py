@@ -160,7 +160,7 @@ def test_train_policy_rejects_bad_inputs(tmp_path, tok):
         )
     with pytest.raises(ValueError, match="policy: give a policy checkpoint"):
         train_policy(cfg, prompts=PROMPTS, judge=judge)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="policy .*missing.*does not exist"):
         train_policy(replace(cfg, policy=str(tmp_path / "missing")), prompts=PROMPTS, judge=judge)
 
 

@@ -237,3 +237,51 @@ def quiet_loading():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def save_causal_lm(
+    model,
+    path: str | Path,
+    dtype: DTypeName | torch.dtype | None = None,
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    tokenizer=None,
+) -> Path:
+    """Write ``model`` as a standard Hugging Face checkpoint with its floating-point weights
+    in ``dtype`` (a torch dtype or a name; None or ``"auto"``: as held).
+
+    Training keeps float32 master weights; this writes them in the dtype the user wants (e.g.
+    the dtype the input checkpoint was stored in, :func:`stored_dtype`) without casting the
+    model itself: the cast copy is made tensor by tensor (tied weights stay tied), and
+    ``config.json`` records the dtype written. ``state_dict`` (optional) replaces the model's
+    own, e.g. one gathered by accelerate from a sharded model.
+    """
+    path = Path(path)
+    target = None if dtype in (None, "auto") else resolve_dtype(dtype, path)
+    if state_dict is None:
+        state_dict = model.state_dict()
+    if target is not None:
+        cast: dict[tuple, torch.Tensor] = {}  # one copy per storage: tied weights stay tied
+        out = {}
+        for name, tensor in state_dict.items():
+            if not tensor.is_floating_point() or tensor.dtype == target:
+                out[name] = tensor
+                continue
+            key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
+            if key not in cast:
+                cast[key] = tensor.detach().to(target)
+            out[name] = cast[key]
+        state_dict = out
+    model.save_pretrained(str(path), state_dict=state_dict)
+    if target is not None:
+        config_file = path / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["dtype"] = str(target).removeprefix("torch.")
+        config.pop("torch_dtype", None)
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    return path
+
+
+__all__ += ["save_causal_lm"]

@@ -47,11 +47,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from nlhf.config import save_yaml, to_dict
 from nlhf.data.prompts import load_prompts
 from nlhf.models.chat import is_chat
+from nlhf.models.checkpoint import (
+    load_causal_lm,
+    load_tokenizer,
+    resolve_dtype,
+    save_causal_lm,
+    stored_dtype,
+)
 from nlhf.models.judge import Judge, sample_labels
 from nlhf.sampling import (
     AdaptersDisabled,
@@ -60,7 +66,6 @@ from nlhf.sampling import (
     encode_prompts,
     generate,
     generate_pair,
-    response_logits,
     token_logprobs,
 )
 
@@ -129,7 +134,15 @@ class PolicyTrainConfig:
     seed: int = 0
     """random seed (sampling, data order)"""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """mixed precision (accelerate); only where the device supports it"""
+    """compute precision (accelerate autocast) where the device supports it; the trained
+    weights, the optimizer state and the EMA stay float32 master copies in every case"""
+    reference_dtype: Literal["float32", "auto"] = "float32"
+    """dtype of the frozen reference mu: float32 (exact log-ratios; kl/ref is exactly 0 at the
+    start) or auto (the checkpoint's stored dtype, e.g. bf16: half the reference's memory, its
+    log-probs then carry half-precision rounding)"""
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype of the saved policy (and EMA) weights; auto = the dtype the policy checkpoint is
+    stored in"""
     cpu: bool = False
     """force CPU even when a GPU is available"""
     lora: bool = False
@@ -196,29 +209,47 @@ class PolicyTrainConfig:
 
 
 def _load_models(cfg: PolicyTrainConfig, policy, reference, tokenizer):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """The policy as float32 master weights, the frozen reference (``cfg.reference_dtype``;
+    by default a copy of the initial policy, none with LoRA), the tokenizer, and the dtype the
+    policy is saved in. Objects passed in are converted in place."""
     if policy is None:
         if cfg.policy is None:
             raise ValueError("policy: give a policy checkpoint directory (--policy DIR)")
-        policy = _from_pretrained(AutoModelForCausalLM, cfg.policy, "policy")
+        with_tok = tokenizer is None and cfg.tokenizer is None
+        policy, policy_tok = load_causal_lm(
+            cfg.policy, "policy", dtype="float32", with_tokenizer=with_tok
+        )
+        input_dtype = stored_dtype(cfg.policy)
+        tokenizer = tokenizer if policy_tok is None else policy_tok
+    else:
+        input_dtype = _float_dtype(policy, "policy")
+        policy.float()  # float32 master weights: half-precision weights cannot absorb small steps
     if tokenizer is None:
-        source = cfg.tokenizer or cfg.policy
-        if source is None:
+        if cfg.tokenizer is None:
             raise ValueError("tokenizer: give --tokenizer DIR (the policy came without one)")
-        tokenizer = _from_pretrained(AutoTokenizer, source, "tokenizer")
+        tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer: it has no EOS token, so responses could never end")
+    ref_dtype = torch.float32 if cfg.reference_dtype == "float32" else None  # None: as stored
     if reference is None and cfg.reference is not None:
-        reference = _from_pretrained(AutoModelForCausalLM, cfg.reference, "reference")
-        ref_tok_file = Path(cfg.reference) / "tokenizer.json"
-        if ref_tok_file.is_file():
-            ref_tok = AutoTokenizer.from_pretrained(cfg.reference)
+        reference, _ = load_causal_lm(
+            cfg.reference, "reference", dtype=cfg.reference_dtype, with_tokenizer=False
+        )
+        if (Path(cfg.reference) / "tokenizer.json").is_file():
+            ref_tok = load_tokenizer(cfg.reference, "reference")
             if ref_tok.get_vocab() != tokenizer.get_vocab():
                 raise ValueError(
                     f"reference {cfg.reference}: its tokenizer's vocabulary differs from the "
                     "policy's; the reference must share the policy's vocabulary"
                 )
+    elif reference is not None:
+        _float_dtype(reference, "reference")
+        if ref_dtype is not None:
+            reference.to(ref_dtype)
+    elif not cfg.lora:  # mu = a frozen copy of the initial policy, in the reference dtype
+        import copy
+
+        reference = copy.deepcopy(policy).to(ref_dtype or input_dtype)
     if reference is not None:
         v_pi, v_mu = policy.config.vocab_size, reference.config.vocab_size
         if v_pi != v_mu:
@@ -231,16 +262,22 @@ def _load_models(cfg: PolicyTrainConfig, policy, reference, tokenizer):
             f"tokenizer has {len(tokenizer)} tokens but the policy's vocabulary has only "
             f"{policy.config.vocab_size}"
         )
-    return policy, reference, tokenizer
+    save_dtype = input_dtype if cfg.save_dtype == "auto" else resolve_dtype(cfg.save_dtype, "")
+    return policy, reference, tokenizer, save_dtype
 
 
-def _from_pretrained(cls, path: str, what: str):
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{what}: {path} does not exist")
-    try:
-        return cls.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{what}: cannot load {path}: {err}") from None
+def _float_dtype(model: torch.nn.Module, what: str) -> torch.dtype:
+    """The dtype of a model's weights; an error unless they are floating point."""
+    dtypes = {p.dtype for p in model.parameters()}
+    if not dtypes:
+        raise ValueError(f"{what}: the model has no parameters")
+    bad = sorted(str(d).removeprefix("torch.") for d in dtypes if not d.is_floating_point)
+    if bad:
+        raise ValueError(
+            f"{what}: weights of dtype {', '.join(bad)} (quantized?) cannot be trained or "
+            "scored exactly; dequantize the model first"
+        )
+    return max(dtypes, key=lambda d: torch.finfo(d).bits)
 
 
 def _load_judge(cfg: PolicyTrainConfig, judge):
@@ -413,7 +450,9 @@ def train_policy(
     from tqdm.auto import tqdm
 
     out = Path(cfg.output_dir)
-    policy, reference, tokenizer = _load_models(cfg, policy_model, reference_model, tokenizer)
+    policy, reference, tokenizer, save_dtype = _load_models(
+        cfg, policy_model, reference_model, tokenizer
+    )
     prompts = list(prompts) if prompts is not None else load_prompts(cfg.prompts or "")
     prompt_ids = _check_prompts(prompts, tokenizer, policy, cfg.max_new_tokens)
     judge = _load_judge(cfg, judge)
@@ -444,18 +483,15 @@ def train_policy(
             target_modules=list(cfg.lora_target_modules) or None,
         )
         policy = get_peft_model(policy, lora)
-    if reference is None and not cfg.lora:
-        import copy
-
-        reference = copy.deepcopy(policy)  # frozen copy of the initial policy
     if reference is not None:
         reference.requires_grad_(False)
         reference.eval()
     policy.eval()  # dropout off: the gradient is of the distribution we sample from
 
-    params = [p for p in policy.parameters() if p.requires_grad]
+    params = [p for p in policy.parameters() if p.requires_grad]  # float32 master weights
     if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        fused = device.type in ("cpu", "cuda")  # one kernel for all tensors, not one per op
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -530,6 +566,9 @@ def train_policy(
     micro_bs = cfg.batch_size // cfg.grad_accum
     beta_alt = cfg.mixture_beta
     need_alternative = not (cfg.reward_model and cfg.reward_baseline != "alternative")
+    # the reference scores y inside the sampling loop when it runs there anyway (a mixture with
+    # beta > 0): one more batch row per token instead of a second forward over prompt + y
+    score_in_loop = need_alternative and ema is None and beta_alt > 0
     sample_kwargs = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, start_step + cfg.stop_after)
     bar = tqdm(
@@ -565,7 +604,8 @@ def train_policy(
                         y, y_alt = generate_pair(
                             sampling_policy(), tokenizer, batch_prompts, reference=reference,
                             beta=beta_alt, alternative=ema, generator=sample_gen,
-                            prompt_token_ids=batch_ids, **sample_kwargs,
+                            prompt_token_ids=batch_ids, score_reference=score_in_loop,
+                            **sample_kwargs,
                         )  # fmt: skip
                     else:  # RLHF with a batch-mean baseline: no y' needed
                         y_alt = None
@@ -600,14 +640,18 @@ def train_policy(
                 score = score.to(device)
                 add("time/judge", time.perf_counter() - t_judge)
 
-                # 4. log-probs of y: policy with gradient, reference without
+                # 4. log-probs of y: the policy's with gradient (its entropy comes from the same
+                #    chunks of logits, no gradient), the reference's without (from the sampling
+                #    loop when it ran there); no (B, T, V) tensor is kept (nlhf.sampling)
                 args = (y.prompt_ids, y.prompt_mask, y.response_ids, y.response_mask)
                 with accelerator.autocast():
-                    logits = response_logits(policy, *args)  # (B, T, V)
-                logp_all = F.log_softmax(logits.float() / cfg.temperature, dim=-1)  # (B, T, V)
-                logp = logp_all.gather(-1, y.response_ids[..., None])[..., 0]  # (B, T)
-                with torch.no_grad(), accelerator.autocast():
-                    ref_logp = token_logprobs(reference, *args, temperature=cfg.temperature)
+                    logp, entropy = token_logprobs(
+                        policy, *args, temperature=cfg.temperature, with_entropy=True
+                    )  # (B, T) each
+                ref_logp = y.reference_logprobs  # (B, T) or None
+                if ref_logp is None:
+                    with torch.no_grad(), accelerator.autocast():
+                        ref_logp = token_logprobs(reference, *args, temperature=cfg.temperature)
 
                 # 5. advantages (reward-to-go KL) and the surrogate loss
                 mask = y.response_mask
@@ -619,9 +663,7 @@ def train_policy(
                     with accelerator.no_sync(policy):
                         accelerator.backward(loss / cfg.grad_accum)
 
-                with torch.no_grad():
-                    entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, T)
-                    add("policy/entropy", (entropy * mask).sum() / mask.sum().clamp(min=1))
+                add("policy/entropy", (entropy * mask).sum() / mask.sum().clamp(min=1))
                 add("loss/total", loss.detach())
                 for k, v in terms.items():
                     add(k, v)
@@ -633,14 +675,9 @@ def train_policy(
             # 6. clip, optimizer and scheduler step, EMA update
             if cfg.max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            else:
-                grad_norm = torch.sqrt(
-                    sum(
-                        (p.grad.float() ** 2).sum()
-                        for p in policy.parameters()
-                        if p.grad is not None
-                    )
-                )
+            else:  # the norm for the log only (no temporaries of the gradients' size)
+                norms = [p.grad.norm() for p in policy.parameters() if p.grad is not None]
+                grad_norm = torch.stack(norms).norm() if norms else torch.zeros(())
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -677,9 +714,9 @@ def train_policy(
     if cfg.checkpoint_every or last_step < cfg.steps:
         save_checkpoint(last_step)
     if last_step == cfg.steps:
-        _save_policy(accelerator, policy, tokenizer, out)
+        _save_policy(accelerator, policy, tokenizer, out, save_dtype)
         if ema is not None and is_main:
-            ema.save_pretrained(out / "ema", tokenizer=tokenizer)
+            ema.save_pretrained(out / "ema", tokenizer=tokenizer, dtype=save_dtype)
     if cfg.log_with:
         accelerator.end_training()
     accelerator.wait_for_everyone()
@@ -729,17 +766,19 @@ def _truncate_metrics(path: Path, keep_through: int) -> None:
     path.write_text("".join(k + "\n" for k in kept))
 
 
-def _save_policy(accelerator, policy, tokenizer, out: Path) -> None:
+def _save_policy(accelerator, policy, tokenizer, out: Path, dtype: torch.dtype) -> None:
+    """The final policy as a standard checkpoint, its weights cast to ``dtype`` on the way out
+    (the float32 masters stay in the resumable checkpoint)."""
     unwrapped = accelerator.unwrap_model(policy)
     state_dict = accelerator.get_state_dict(policy)
     if accelerator.is_main_process:
-        if hasattr(unwrapped, "merge_and_unload"):  # LoRA: adapters + merged full model
+        if hasattr(unwrapped, "merge_and_unload"):  # LoRA: adapters (float32) + merged model
             import copy
 
             unwrapped.save_pretrained(str(out / "adapter"))
             merged = copy.deepcopy(unwrapped).merge_and_unload()
-            merged.save_pretrained(str(out))
+            save_causal_lm(merged, out, dtype)
         else:
-            unwrapped.save_pretrained(str(out), state_dict=state_dict)
+            save_causal_lm(unwrapped, out, dtype, state_dict=state_dict)
         tokenizer.save_pretrained(str(out))
     accelerator.wait_for_everyone()

@@ -13,6 +13,11 @@ One optimizer step:
   2. tokenize each pair in its canonical order, one forward for both orders (``2B`` sequences);
   3. soft-label cross-entropy on ``d``, backward (gradients synchronised on the last micro-batch);
   4. clip, AdamW step, linear warm-up then linear decay of the learning rate.
+Precision: the model trains on float32 master weights whatever the backbone checkpoint's dtype
+(bf16 weights cannot absorb small AdamW steps); ``mixed_precision`` sets the compute precision;
+the final model is written in ``save_dtype`` (default: the backbone's stored dtype), the
+resumable checkpoint in float32.
+
 Every ``eval_every`` steps and at the end: evaluate on the held-out prompts (accuracy, log-loss,
 ECE, antisymmetry error, predicted cycles); every ``save_every`` steps: a resumable checkpoint.
 
@@ -120,7 +125,11 @@ class PreferenceTrainConfig:
     max_grad_norm: float = 1.0
     """gradient clipping norm (0 = no clipping)"""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    """autocast precision; auto = bf16 on a GPU that supports it, else full precision"""
+    """autocast (compute) precision; auto = bf16 on a GPU that supports it, else full precision.
+    The trained weights and the optimizer state are float32 master copies in every case"""
+    save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype of the saved model's weights; auto = the dtype the backbone checkpoint is stored in
+    (float32 for random_init)"""
     cpu: bool = False
     """force the CPU even when a GPU is available"""
     eval_every: int = 0
@@ -307,6 +316,8 @@ def train_preference(
         model.train()
     else:
         model = _build_model(cfg, train)
+    save_dtype = _save_dtype(cfg)
+    model.float()  # float32 master weights: half-precision weights cannot absorb small steps
 
     # pre-tokenize once (chat prompts through the model's chat template)
     encoded = model.encode(
@@ -462,12 +473,30 @@ def train_preference(
         "eval/comparisons": float(len(evals)),
         "time/train_s": train_seconds,
     }
-    if is_main:
-        accelerator.unwrap_model(model).save_pretrained(out)
+    if is_main:  # training is over: the weights go out in the dtype asked for
+        accelerator.unwrap_model(model).to(save_dtype).save_pretrained(out)
         (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
+
+
+def _save_dtype(cfg: PreferenceTrainConfig) -> torch.dtype:
+    """``save_dtype``, with auto = the dtype the backbone checkpoint is stored in."""
+    from nlhf.models.checkpoint import resolve_dtype, stored_dtype
+
+    if cfg.save_dtype != "auto":
+        return resolve_dtype(cfg.save_dtype, "")
+    if cfg.model is None:
+        return torch.float32
+    if Path(cfg.model).is_dir():
+        return stored_dtype(cfg.model)
+    from transformers import AutoConfig  # a hub name: its config says
+
+    dtype = getattr(AutoConfig.from_pretrained(cfg.model), "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 def _reset_accelerate_state() -> None:
