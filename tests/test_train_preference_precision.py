@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import torch
+from cyclic_raters import cyclic_comparisons
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from nlhf.data.synthetic import cyclic_comparisons
 from nlhf.models.tokenizer import build_tokenizer
 from nlhf.train.preference import PreferenceTrainConfig, train_preference
 
