@@ -278,7 +278,11 @@ def worker_trl(args) -> dict:
         seed=args.seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # trl's online-DPO configs default to bf16 autocast and gradient checkpointing; nlhf runs
+        # neither unless asked, so both are set explicitly to the same precision and no
+        # recomputation
         bf16=args.mixed_precision == "bf16",
+        gradient_checkpointing=False,
     )
     stamps: list[float] = []
 
