@@ -567,8 +567,12 @@ def train_policy(
     beta_alt = cfg.mixture_beta
     need_alternative = not (cfg.reward_model and cfg.reward_baseline != "alternative")
     # the reference scores y inside the sampling loop when it runs there anyway (a mixture with
-    # beta > 0): one more batch row per token instead of a second forward over prompt + y
-    score_in_loop = need_alternative and ema is None and beta_alt > 0
+    # beta > 0): one more batch row per token instead of a second forward over prompt + y. Not
+    # under mixed precision: there log(pi / mu) must come from one computation path (the same
+    # full forward for both), else half-precision rounding makes it nonzero at pi = mu.
+    score_in_loop = (
+        need_alternative and ema is None and beta_alt > 0 and cfg.mixed_precision == "no"
+    )
     sample_kwargs = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, start_step + cfg.stop_after)
     bar = tqdm(
