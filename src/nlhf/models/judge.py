@@ -77,7 +77,11 @@ def _call(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         with torch.no_grad():
             return fn(*args, **kwargs)
-    except JudgeError:
+    except JudgeError as err:  # from a wrapper inside (CallableJudge): under the fuller name
+        described = label.rsplit(" (", 1)[-1].removesuffix(")")
+        text = str(err)
+        if label != described and text.startswith(described + ":"):
+            raise JudgeError(label + text[len(described) :]) from err
         raise
     except Exception as err:
         raise _raised(label, err) from err

@@ -20,8 +20,9 @@ the categories (``G[i, j] = P(category i > category j)``). Paper §3-4 then give
 :class:`FeatureProbe` measures a policy's shares (exactly from the first-token distribution when
 each category is one leading token, otherwise by sampling and a feature function), and
 :class:`ConvergenceRecorder` is a ``train_policy`` callback that writes them every ``every``
-steps to a JSONL file (and those of Nash-EMA-PG's averaged policy, which the trainer passes it). Distances: :func:`kl_to` (``KL(target, shares)``, the quantity of
-Theorem 1) and :func:`tv_to` (total variation); the last share is the mass on no category.
+steps to a JSONL file (and those of Nash-EMA-PG's averaged policy, which the trainer passes it).
+Distances: :func:`kl_to` (``KL(target, shares)``, the quantity of Theorem 1) and :func:`tv_to`
+(total variation); the last share is the mass on no category.
 """
 
 from __future__ import annotations

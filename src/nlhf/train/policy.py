@@ -56,6 +56,7 @@ from nlhf.models.chat import is_chat
 from nlhf.models.checkpoint import (
     load_causal_lm,
     load_tokenizer,
+    quiet_loading,
     resolve_dtype,
     save_causal_lm,
     stored_dtype,
@@ -329,7 +330,8 @@ def _load_judge(cfg: PolicyTrainConfig, judge) -> tuple[Judge, str | None]:
             raise ValueError("judge: give a preference-model or reward-model directory (--judge)")
         from nlhf.models.judges import resolve_judge
 
-        judge = resolve_judge(cfg.judge, batch_size=cfg.judge_batch_size)
+        with quiet_loading():
+            judge = resolve_judge(cfg.judge, batch_size=cfg.judge_batch_size)
         what = f"--judge {cfg.judge}"
     name = what or "judge"
     if cfg.reward_model and not callable(getattr(judge, "reward", None)):
@@ -639,6 +641,8 @@ def train_policy(
             g.set_state(state["generators"][k])
         start_step = run.start.step
         accelerator.print(f"resumed from {run.start.path} at step {start_step}")
+    elif cfg.resume:
+        accelerator.print(f"resume: no complete checkpoint in {out} yet; starting at step 0")
     last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, start_step + cfg.stop_after)
     if cfg.log_with:
         accelerator.init_trackers("nlhf-train", config=to_dict(cfg))

@@ -430,6 +430,8 @@ def train_preference(
         accelerator.load_state(str(run.start.path / "state"))
         start_step = run.start.step
         say(f"resumed from {run.start.path} at step {start_step}")
+    elif cfg.resume:
+        say(f"resume: no complete checkpoint in {out} yet; starting at step 0")
     model.train()
     t0 = time.perf_counter()
     window_loss, window_acc, window_n = 0.0, 0.0, 0

@@ -8,8 +8,9 @@
    run unless ``--resume`` or ``--overwrite`` is given, and on ``--resume`` the checkpoint's
    stored configuration matches the new one except for the fields that may change (the step
    budget, logging), and the checkpoint is not beyond the run's step budget; it returns the
-   checkpoint to resume from. A finished run resumed with the same settings sets
-   :attr:`RunDirectory.finished`: there is nothing to do.
+   checkpoint to resume from (none when the run was stopped before its first checkpoint: it
+   starts again, if its ``config.yaml`` matches). A finished run resumed with the same settings
+   sets :attr:`RunDirectory.finished`: there is nothing to do.
 2. :meth:`RunDirectory.open` takes an exclusive lock (``.nlhf-run.lock``, released by the OS
    when the process dies, so a killed run never blocks the next), clears an overwritten run,
    writes ``config.yaml`` and truncates ``metrics.jsonl`` to the resumed step.
@@ -307,12 +308,21 @@ class RunDirectory:
                     f"checkpoint of that step, so it cannot continue to step {total_steps}; "
                     "start a new run in another --output-dir (or pass --overwrite)"
                 )
-        if checkpoint is None:
+        if checkpoint is None:  # killed before its first checkpoint: it starts again
             if existing and not self.overwrite:
-                raise ValueError(
-                    f"resume: {out} holds a run ({', '.join(existing)}) but no complete "
-                    "checkpoint to resume from; pass --overwrite to start it afresh"
-                )
+                saved = _read_config_yaml(out)
+                if saved is None:
+                    raise ValueError(
+                        f"resume: {out} holds a run ({', '.join(existing)}) but no complete "
+                        "checkpoint and no config.yaml; pass --overwrite to start it afresh"
+                    )
+                changed = config_changes(saved, to_dict(self.config), self.may_change)
+                if changed:
+                    raise ValueError(
+                        f"resume: {out} holds a run with no complete checkpoint yet that was "
+                        f"started with other settings ({'; '.join(changed)}); resume with the "
+                        "same values, or pass --overwrite to replace it"
+                    )
             return None
         self._check_config(checkpoint, "checkpoint")
         if total_steps is not None and checkpoint.step > total_steps:
@@ -513,6 +523,16 @@ class RunDirectory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_config_yaml(out: Path) -> dict[str, Any] | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load((out / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _reason(err: BaseException) -> str:

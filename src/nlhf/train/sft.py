@@ -601,6 +601,8 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
         accelerator.load_state(str(run.start.path / "state"))
         start_step = run.start.step
         say(f"resumed from {run.start.path} at step {start_step}")
+    elif cfg.resume:
+        say(f"resume: no complete checkpoint in {out} yet; starting at step 0")
     model.train()
     t0 = time.perf_counter()
     window_nll, window_tokens = 0.0, 0
