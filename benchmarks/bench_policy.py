@@ -221,6 +221,8 @@ def worker_nlhf(args) -> dict:
     rss0 = _rss_mb()
 
     def on_step(step, model, record):
+        if step == 0:  # the callback's call before the first update
+            return
         if device == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())

@@ -137,6 +137,8 @@ def nash_md_steps(workdir: Path, args) -> dict:
     records, stamps, final = [], [], {}
 
     def on_step(step, model, record):
+        if step == 0:  # the callback's call before the first update
+            return
         if cuda:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
