@@ -31,9 +31,7 @@ import dataclasses
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -47,7 +45,7 @@ from tqdm.auto import tqdm
 
 from nlhf.devices import resolve_device
 from nlhf.eval.intervals import bootstrap_interval, clopper_pearson, t_interval
-from nlhf.jsonio import dumps, write_json
+from nlhf.jsonio import dumps, write_json, write_text
 from nlhf.models.chat import is_chat
 from nlhf.models.checkpoint import check_causal_lm, first_line, load_causal_lm
 from nlhf.models.judge import Judge, JudgeError, judge_prob, sample_labels
@@ -276,7 +274,7 @@ class TournamentResult:
         for i, prompt in enumerate(self.prompts):
             responses = {n: self.samples[n][i] for n in self.names if n in self.samples}
             lines.append(dumps({"prompt": prompt, "responses": responses}) + "\n")
-        return write_text_atomic(path, "".join(lines))
+        return write_text(path, "".join(lines))
 
     def summary_table(self) -> str:
         """A plain-text table for the console: the matrix (columns numbered like the rows), then
@@ -327,26 +325,10 @@ def _nulls_to_nan(x: Any) -> Any:
     return x
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary sibling and a rename, so a reader never
-    sees a half-written file and a kill never leaves one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_csv(path: str | Path, rows: list[list[Any]]) -> Path:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
-    return write_text_atomic(path, buffer.getvalue())
+    return write_text(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------

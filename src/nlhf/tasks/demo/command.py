@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nlhf.config import add_config_arguments, config_from_args, to_dict
-from nlhf.eval.tournament import write_text_atomic
+from nlhf.jsonio import write_text
 from nlhf.locking import LOCK, DirectoryLock, check_output_dir
 from nlhf.tasks.demo import stages
 from nlhf.tasks.demo.config import QUICK_PRESET, DemoConfig, policy_specs
@@ -101,7 +101,7 @@ def _run_stages(cfg: DemoConfig, root: Path, log: Callable[[str], None] | None) 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    write_text_atomic(root / "config.yaml", yaml_text(cfg))
+    write_text(root / "config.yaml", yaml_text(cfg))
     specs = policy_specs(cfg)
     pipe = Pipeline(root, log=log, version=__version__, rerun=cfg.overwrite)
     sec = to_dict  # config sections enter the hashes as plain dicts

@@ -198,7 +198,7 @@ def stage_preference(
             "n_head": pc.n_head,
             "n_positions": 3 * cfg.sft.n_positions,
         }
-        (out / "backbone_config.json").write_text(json.dumps(model_cfg))
+        write_json(out / "backbone_config.json", model_cfg)
         pt = PreferenceTrainConfig(random_init=out / "backbone_config.json", **common)
     train = load_comparisons(comparisons_dir / "comparisons.jsonl")
     metrics = train_preference(pt, train=list(train))
