@@ -200,12 +200,10 @@ class DemoConfig:
 
     @property
     def torch_device(self) -> str:
-        """The torch device of ``device``."""
-        if self.device == "cpu":
-            return "cpu"
-        import torch
+        """The torch device of ``device`` (``auto``: CUDA when there is a GPU, else the CPU)."""
+        from nlhf.devices import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(resolve_device(self.device))
 
     @property
     def n_workers(self) -> int:
