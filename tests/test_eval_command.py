@@ -119,7 +119,8 @@ def test_cli_errors_name_the_culprit(setup, tmp_path, capsys):
     rc = main(base + ["--policies", f"brief={setup / 'brief'}", f"gone={tmp_path / 'gone'}"])
     assert rc == 2
     assert "policy 'gone'" in capsys.readouterr().err
-    rc = main(base[:-2] + ["--judge", "python:json:nope", "--policies", str(setup / "brief")])
+    two = [str(setup / "brief"), str(setup / "story")]
+    rc = main(base[:-2] + ["--judge", "python:json:nope", "--policies", *two])
     assert rc == 2 and "no attribute 'nope'" in capsys.readouterr().err
     rc = main(base + ["--policies", str(setup / "brief"), str(setup / "brief")])
     assert rc == 2 and "appears twice" in capsys.readouterr().err

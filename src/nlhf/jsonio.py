@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["finite", "dumps", "write_json"]
+__all__ = ["finite", "dumps", "write_json", "write_text"]
 
 
 def finite(value: Any) -> Any:
@@ -41,12 +41,18 @@ def dumps(value: Any, **kwargs: Any) -> str:
 def write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
     """Write ``value`` as JSON to ``path`` atomically (a temporary sibling, then a rename), so a
     reader never sees a half-written file and a kill never leaves one."""
+    return write_text(path, dumps(value, indent=indent) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically: a temporary sibling,
+    then a rename. For every whole file nlhf writes (JSON, JSONL built with :func:`dumps`, CSV,
+    YAML)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(value, indent=indent) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -93,19 +93,24 @@ def plot_preference_matrix(
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Rows of a ``metrics.jsonl`` file (one JSON object per line); bad lines are an error naming
-    the file and line."""
+    the file and line, except an unfinished last line (a run still writing, or killed), which is
+    skipped."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"metrics file {path} does not exist")
+    from nlhf.data.textfile import iter_lines
+
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    for i, line in iter_lines(path, lambda n: f"{path}, line {n}"):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
+            if not line.endswith("\n"):
+                break  # the last line of a run that is still writing (or was killed): skip it
             raise ValueError(f"{path}, line {i}: not JSON ({err})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path}, line {i}: expected a JSON object")

@@ -13,7 +13,11 @@ Layout of ``report.md`` (Munos et al. 2024, §7 reports the same matrix with 95%
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -172,9 +176,67 @@ def write_report(
     (before the matrix) and ``figures`` (``{caption: png}``, copied into
     ``out_dir`` when they live elsewhere), training curves of ``training_curves``
     (``{policy: metrics.jsonl or its run dir}``), and next to it ``tournament.json``,
-    ``matrix.csv``, ``policies.csv``, ``samples.jsonl``. Returns the path of ``report.md``."""
+    ``matrix.csv``, ``policies.csv``, ``samples.jsonl``. Returns the path of ``report.md``.
+
+    Everything is written into a staging directory inside ``out_dir`` first and then moved
+    into place file by file (atomic renames, ``report.md`` last), so a failure or a kill while
+    writing leaves the previous report's files as they were; files of a previous report in
+    ``out_dir`` that this one does not write again are removed (``.report-files.json`` lists
+    them)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        _write_report_files(
+            result, stage, training_curves, sections, figures, title, n_examples, lead_sections
+        )
+        return _move_into_place(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+STAGING_PREFIX = ".report-staging-"
+MANIFEST = ".report-files.json"
+
+
+def clear_stale_staging(out_dir: str | Path) -> None:
+    """Remove staging directories that a killed :func:`write_report` left in ``out_dir`` (call
+    it only while holding the directory's lock, :class:`nlhf.locking.DirectoryLock`)."""
+    out = Path(out_dir)
+    if out.is_dir():
+        for stale in out.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _move_into_place(stage: Path, out: Path) -> Path:
+    """Move the staged files into ``out`` (``report.md`` last), then remove what a previous
+    report wrote and this one did not; returns the report's path."""
+    from nlhf.jsonio import write_json
+
+    names = sorted(p.name for p in stage.iterdir() if p.is_file())
+    names.sort(key=lambda n: n == "report.md")
+    old: list[str] = []
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        old = [str(n) for n in json.loads((out / MANIFEST).read_text(encoding="utf-8"))]
+    for name in names:
+        os.replace(stage / name, out / name)
+    write_json(out / MANIFEST, names)
+    for name in old:
+        if name not in names and Path(name).name == name and not name.startswith("."):
+            (out / name).unlink(missing_ok=True)
+    return out / "report.md"
+
+
+def _write_report_files(
+    result: TournamentResult,
+    out: Path,
+    training_curves: Mapping[str, str | Path] | None,
+    sections: Sequence[tuple[str, str]],
+    figures: Mapping[str, str | Path] | None,
+    title: str,
+    n_examples: int,
+    lead_sections: Sequence[tuple[str, str]],
+) -> None:
     files: list[tuple[str, str]] = []
 
     heatmap = plot_preference_matrix(
@@ -211,8 +273,11 @@ def write_report(
         if not src.is_file():
             raise FileNotFoundError(f"figure {caption!r}: {src} does not exist")
         dst = out / src.name
-        if src.resolve() != dst.resolve():
-            shutil.copyfile(src, dst)
+        if dst.exists():
+            raise ValueError(
+                f"figure {caption!r}: a file named {src.name} is already in the report"
+            )
+        shutil.copyfile(src, dst)
         figure_links.append((caption, dst.name))
         files.append((dst.name, caption))
 
@@ -294,9 +359,7 @@ def write_report(
         + (f" on {s['device']}." if "device" in s else "."),
         "",
     ]
-    report = out / "report.md"
-    report.write_text("\n".join(parts))
-    return report
+    (out / "report.md").write_text("\n".join(parts), encoding="utf-8")
 
 
 def judge_section(result: TournamentResult) -> list[str]:

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
+import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -41,10 +43,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from nlhf.devices import resolve_device
 from nlhf.eval.intervals import bootstrap_interval, clopper_pearson, t_interval
+from nlhf.jsonio import dumps, write_json, write_text
 from nlhf.models.chat import is_chat
-from nlhf.models.checkpoint import check_causal_lm, load_causal_lm
-from nlhf.models.judge import Judge, sample_labels
+from nlhf.models.checkpoint import check_causal_lm, first_line, load_causal_lm
+from nlhf.models.judge import Judge, JudgeError, judge_prob, sample_labels
 
 
 @dataclass
@@ -180,31 +184,33 @@ class TournamentResult:
         return out
 
     def to_json(self, path: str | Path, include_samples: bool = False) -> Path:
-        """Write ``to_dict`` as JSON; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(include_samples), indent=2) + "\n")
-        return path
+        """Write ``to_dict`` as JSON (atomically; a non-finite number as ``null``); returns the
+        path."""
+        return write_json(path, self.to_dict(include_samples))
 
     @classmethod
     def from_json(cls, path: str | Path) -> TournamentResult:
         """Read a result written by ``to_json`` (samples and prompts if they were included)."""
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
-            arr = {k: np.asarray(d[k], dtype=np.float64) for k in ("matrix", "lower", "upper")}
+            d = json.loads(path.read_text(encoding="utf-8"))
+
+            def floats(key: str) -> np.ndarray:  # null (a non-finite number) -> NaN
+                return np.array(_nulls_to_nan(d[key]), dtype=np.float64)
+
+            arr = {k: floats(k) for k in ("matrix", "lower", "upper")}
             return cls(
                 names=list(d["names"]),
                 paths=list(d["paths"]),
                 prompts=list(d.get("prompts", [])),
                 samples={k: list(v) for k, v in d.get("samples", {}).items()},
-                mean_win_rate=np.asarray(d["mean_win_rate"], dtype=np.float64),
-                worst_case=np.asarray(d["worst_case"], dtype=np.float64),
+                mean_win_rate=floats("mean_win_rate"),
+                worst_case=floats("worst_case"),
                 worst_opponent=list(d["worst_opponent"]),
-                meta_nash=np.asarray(d["meta_nash"], dtype=np.float64),
-                meta_value=float(d["meta_value"]),
-                exploitability=np.asarray(d["exploitability"], dtype=np.float64),
-                meta_nash_exploitability=float(d["meta_nash_exploitability"]),
+                meta_nash=floats("meta_nash"),
+                meta_value=_float(d["meta_value"]),
+                exploitability=floats("exploitability"),
+                meta_nash_exploitability=_float(d["meta_nash_exploitability"]),
                 labels=d["labels"],
                 interval=d["interval"],
                 confidence=float(d["confidence"]),
@@ -212,70 +218,63 @@ class TournamentResult:
                 timings=dict(d.get("timings", {})),
                 **arr,
             )
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a tournament result ({err})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a tournament result ({first_line(err)})") from None
 
     def to_csv(self, path: str | Path) -> Path:
-        """One row per ordered pair: row, column, P(column > row), interval, number of prompts."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["row", "column", "p_column_beats_row", "lower", "upper", "n_prompts"])
-            for r, rn in enumerate(self.names):
-                for c, cn in enumerate(self.names):
-                    w.writerow(
-                        [
-                            rn,
-                            cn,
-                            _num(self.matrix[r, c]),
-                            _num(self.lower[r, c]),
-                            _num(self.upper[r, c]),
-                            self.n_prompts,
-                        ]
-                    )
-        return path
-
-    def policies_to_csv(self, path: str | Path) -> Path:
-        """One row per policy: mean and worst-case win rate, meta-Nash weight, exploitability."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(
-                [
-                    "policy",
-                    "path",
-                    "mean_win_rate",
-                    "worst_case_win_rate",
-                    "worst_opponent",
-                    "meta_nash_weight",
-                    "exploitability",
-                ]
-            )
-            for k, name in enumerate(self.names):
-                w.writerow(
+        """One row per ordered pair: row, column, P(column > row), interval, number of prompts
+        (written atomically)."""
+        rows = [["row", "column", "p_column_beats_row", "lower", "upper", "n_prompts"]]
+        for r, rn in enumerate(self.names):
+            for c, cn in enumerate(self.names):
+                rows.append(
                     [
-                        name,
-                        self.paths[k],
-                        _num(self.mean_win_rate[k]),
-                        _num(self.worst_case[k]),
-                        self.worst_opponent[k],
-                        _num(self.meta_nash[k]),
-                        _num(self.exploitability[k]),
+                        rn,
+                        cn,
+                        _num(self.matrix[r, c]),
+                        _num(self.lower[r, c]),
+                        _num(self.upper[r, c]),
+                        self.n_prompts,
                     ]
                 )
-        return path
+        return _write_csv(path, rows)
+
+    def policies_to_csv(self, path: str | Path) -> Path:
+        """One row per policy: mean and worst-case win rate, meta-Nash weight, exploitability
+        (written atomically)."""
+        rows: list[list[Any]] = [
+            [
+                "policy",
+                "path",
+                "mean_win_rate",
+                "worst_case_win_rate",
+                "worst_opponent",
+                "meta_nash_weight",
+                "exploitability",
+            ]
+        ]
+        for k, name in enumerate(self.names):
+            rows.append(
+                [
+                    name,
+                    self.paths[k],
+                    _num(self.mean_win_rate[k]),
+                    _num(self.worst_case[k]),
+                    self.worst_opponent[k],
+                    _num(self.meta_nash[k]),
+                    _num(self.exploitability[k]),
+                ]
+            )
+        return _write_csv(path, rows)
 
     def write_samples(self, path: str | Path) -> Path:
-        """JSONL, one line per prompt: {"prompt": ..., "responses": {policy: response}}."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            for i, prompt in enumerate(self.prompts):
-                responses = {n: self.samples[n][i] for n in self.names if n in self.samples}
-                f.write(json.dumps({"prompt": prompt, "responses": responses}) + "\n")
-        return path
+        """JSONL, one line per prompt: {"prompt": ..., "responses": {policy: response}}
+        (written atomically)."""
+        lines = []
+        for i, prompt in enumerate(self.prompts):
+            responses = {n: self.samples[n][i] for n in self.names if n in self.samples}
+            lines.append(dumps({"prompt": prompt, "responses": responses}) + "\n")
+        return write_text(path, "".join(lines))
 
     def summary_table(self) -> str:
         """A plain-text table for the console: the matrix (columns numbered like the rows), then
@@ -310,7 +309,26 @@ class TournamentResult:
 
 
 def _num(x: float) -> str:
-    return f"{float(x):.6g}"
+    """A number for a CSV cell; a non-finite one is an empty cell (never ``nan``)."""
+    return f"{float(x):.6g}" if math.isfinite(float(x)) else ""
+
+
+def _float(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _nulls_to_nan(x: Any) -> Any:
+    if x is None:
+        return float("nan")
+    if isinstance(x, list):
+        return [_nulls_to_nan(v) for v in x]
+    return x
+
+
+def _write_csv(path: str | Path, rows: list[list[Any]]) -> Path:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return write_text(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,6 +364,86 @@ def check_checkpoint(name: str, path: str | Path) -> None:
     """Fail fast with a ``ValueError`` naming policy ``name`` and ``path`` unless ``path`` is a
     loadable causal-LM checkpoint with a tokenizer (see ``nlhf.models.checkpoint``)."""
     check_causal_lm(path, f"policy {name!r}")
+
+
+def check_pool(
+    pool: Mapping[str, str | Path], prompts: Sequence[Any] = (), max_new_tokens: int = 1
+) -> list[str]:
+    """Check a tournament's pool before any sampling, with ``ValueError`` naming the policy:
+    at least two policies, no checkpoint given twice under two names, every checkpoint
+    loadable (:func:`check_checkpoint`), and every prompt leaving room for a response in every
+    policy's context. Returns warnings (prompts that leave less than ``max_new_tokens``)."""
+    if len(pool) < 2:
+        raise ValueError(f"a tournament needs at least 2 policies, got {len(pool)}")
+    seen: dict[Path, str] = {}
+    for name, path in pool.items():
+        key = Path(path).resolve()
+        if key in seen:
+            raise ValueError(
+                f"policies {seen[key]!r} and {name!r} are the same checkpoint ({path}); give each "
+                "policy once"
+            )
+        seen[key] = name
+    for name, path in pool.items():
+        check_checkpoint(name, path)
+    return check_prompts(pool, prompts, max_new_tokens) if prompts else []
+
+
+def check_prompts(
+    pool: Mapping[str, str | Path], prompts: Sequence[Any], max_new_tokens: int
+) -> list[str]:
+    """Every prompt, rendered by each policy's tokenizer, must leave room for a response in
+    that policy's context (a ``ValueError`` naming the policy and the prompt otherwise).
+    Returns warnings for prompts that leave less than ``max_new_tokens``."""
+    warnings: list[str] = []
+    for name, path in pool.items():
+        warnings += _check_prompts_fit(name, Path(path), list(prompts), max_new_tokens)
+    return warnings
+
+
+def _check_prompts_fit(name: str, path: Path, prompts: list[Any], max_new_tokens: int) -> list[str]:
+    """Every prompt, rendered by policy ``name``'s tokenizer, must leave room for a response in
+    its context; a warning for prompts that leave less than ``max_new_tokens``."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from nlhf.models.chat import render_prompt_ids
+    from nlhf.models.checkpoint import load_tokenizer
+    from nlhf.sampling import context_length
+
+    what = f"policy {name!r} ({path})"
+    tokenizer = load_tokenizer(path, what)
+    limit = context_length(SimpleNamespace(config=AutoConfig.from_pretrained(path)))
+    if limit is None:
+        return []
+    short = 0
+    for i, prompt in enumerate(prompts):
+        try:
+            n = len(render_prompt_ids(tokenizer, prompt))
+        except Exception as err:  # noqa: BLE001 - e.g. a chat prompt without a chat template
+            raise ValueError(
+                f"{what}: cannot render prompt {i + 1} ({_short(prompt)}): {first_line(err)}"
+            ) from None
+        if n == 0:
+            raise ValueError(f"{what}: prompt {i + 1} ({_short(prompt)}) has no tokens")
+        if n >= limit:
+            raise ValueError(
+                f"{what}: prompt {i + 1} ({_short(prompt)}) has {n} tokens, which leaves no room "
+                f"for a response in the model's context of {limit} tokens; shorten or drop it"
+            )
+        short += n + max_new_tokens > limit
+    if short:
+        return [
+            f"policy {name!r}: {short} prompt(s) leave fewer than max_new_tokens="
+            f"{max_new_tokens} tokens in its context of {limit}; the responses of their "
+            "batches are cut short"
+        ]
+    return []
+
+
+def _short(prompt: Any) -> str:
+    return f"{str(prompt)!r:.60}"
 
 
 def load_policy(name: str, path: str | Path, device: str | torch.device = "cpu"):
@@ -402,6 +500,7 @@ def _judge_pair(
     batch_size: int,
     balance_positions: bool,
     where: str,
+    what: str | None = None,
 ) -> np.ndarray:
     """Per-prompt ``P(col > row)`` (labels="prob") or sampled 0/1 labels (labels="sampled"),
     shape (N,), float64."""
@@ -412,17 +511,20 @@ def _judge_pair(
         first = [row[i] if s else col[i] for i, s in zip(idx, swap.tolist())]
         second = [col[i] if s else row[i] for i, s in zip(idx, swap.tolist())]
         batch_prompts = [prompts[i] for i in idx]
-        if labels == "sampled":
-            out = sample_labels(judge, batch_prompts, first, second, generator=generator)
-        else:
-            out = judge.prob(batch_prompts, first, second)
-        out = torch.as_tensor(out, dtype=torch.float64).reshape(-1).cpu()  # (B,)
-        if out.numel() != len(idx):
-            raise ValueError(f"judge returned {out.numel()} values for {len(idx)} pairs ({where})")
-        if labels == "sampled" and not bool(((out == 0) | (out == 1)).all()):
-            raise ValueError(f"judge's sampled labels are not all 0 or 1 ({where})")
-        if not bool(((out >= 0) & (out <= 1)).all()):
-            raise ValueError(f"judge returned a probability outside [0, 1] ({where})")
+        label = f"{what or 'judge'} on {where}, prompts {start + 1}-{idx[-1] + 1}"
+        try:
+            if labels == "sampled":
+                out = sample_labels(
+                    judge, batch_prompts, first, second, generator=generator, what=label
+                )
+            else:
+                out = judge_prob(judge, batch_prompts, first, second, what=label)
+        except JudgeError as err:
+            if str(err).startswith(label):
+                raise
+            # a judge that checks itself (CallableJudge) names only its function
+            raise JudgeError(f"{label}: {err}") from err
+        out = out.to(torch.float64)  # (B,) checked: finite, in [0, 1], 0/1 when sampled
         values.append(torch.where(swap, 1.0 - out, out))
     return torch.cat(values).numpy()
 
@@ -496,12 +598,6 @@ def pool_summary(matrix: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def run_tournament(
     policies: Mapping[str, str | Path] | Sequence[str | Path],
     prompts: Sequence[str],
@@ -520,13 +616,17 @@ def run_tournament(
     device: str | torch.device | None = "auto",
     progress: bool = True,
     judge_name: str | None = None,
+    judge_spec: str | None = None,
 ) -> TournamentResult:
     """Compare every pair of ``policies`` on ``prompts`` under ``judge`` (see the module doc).
 
     ``policies``: ``{name: checkpoint dir}`` (order kept) or a list of ``NAME=PATH`` / paths.
     ``n_prompts``: use the first ``n_prompts`` prompts (``None`` or 0: all of them).
     ``judge_name``: how the report names the judge (default: its class name).
+    ``judge_spec``: the ``--judge`` string it came from; a judge's errors name it.
     Each policy samples one response per prompt once; the samples are reused in all its pairs.
+    Everything (the pool, every checkpoint, the prompts against every policy's context, the
+    device) is checked before any sampling.
     """
     cfg = TournamentConfig(
         n_prompts=n_prompts or 0,
@@ -546,6 +646,7 @@ def run_tournament(
         pool = parse_policy_specs([str(p) for p in policies])
     if len(pool) < 2:
         raise ValueError(f"a tournament needs at least 2 policies, got {len(pool)}")
+    dev = resolve_device(device)
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
@@ -556,15 +657,16 @@ def run_tournament(
         if cfg.n_prompts > len(prompts):
             raise ValueError(f"n_prompts={cfg.n_prompts} but only {len(prompts)} prompts given")
         prompts = prompts[: cfg.n_prompts]
+    what = f"--judge {judge_spec}" if judge_spec else None
     if not callable(getattr(judge, "prob", None)):
-        raise ValueError(f"judge {judge!r} has no prob(prompts, a, b) method")
+        raise ValueError(f"{what or 'judge'} ({judge!r:.80}) has no prob(prompts, a, b) method")
 
-    # 1. Every checkpoint is checked before any long work.
-    for name, path in pool.items():
-        check_checkpoint(name, path)
+    # 1. Every checkpoint, and every prompt against every policy's context, before any work.
+    warnings = check_pool(pool, prompts, max_new_tokens)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
     # 2. One response per prompt per policy.
-    dev = _resolve_device(device)
     names = list(pool)
     t0 = time.perf_counter()
     samples: dict[str, list[str]] = {}
@@ -611,6 +713,7 @@ def run_tournament(
             judge_batch_size,
             balance_positions,
             where=f"{names[c]} vs {names[r]}",
+            what=what,
         )  # (N,) P(col > row) per prompt or 0/1
         p = float(values.mean())
         lower, upper = _interval(values, labels, interval, confidence, pair_seed)
@@ -630,6 +733,10 @@ def run_tournament(
     settings["n_prompts"] = len(prompts)
     settings["device"] = str(dev)
     settings["judge"] = judge_name or type(judge).__name__
+    if judge_spec:
+        settings["judge_spec"] = judge_spec
+    if warnings:
+        settings["warnings"] = warnings
     settings.update(_judge_report(judge, stats_before))
     return TournamentResult(
         names=names,

@@ -35,15 +35,15 @@ def load_task(task_config: str | Path | None = None):
 
     path = Path(task_config)
     if not path.is_file():
-        raise FileNotFoundError(f"task config {path} does not exist")
+        raise FileNotFoundError(f"--judge builtin:{path}: the task config file does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"--judge builtin:{path}: not a valid YAML file ({err})") from None
     if isinstance(data, dict) and isinstance(data.get("task"), dict):
         data = data["task"]
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of SummaryTaskConfig fields")
+        raise ValueError(f"--judge builtin:{path}: expected a mapping of SummaryTaskConfig fields")
     return SummaryTask.from_config(from_dict(SummaryTaskConfig, data, where=str(path)))
 
 
@@ -123,7 +123,7 @@ def style_sections(
         lines.append(
             f"| {markdown_cell(name)} | "
             + " | ".join(f"{x:.2f}" for x in dist[k, : len(shown)])
-            + f" | {tv:.2f} | {style_expl[k]:.3f} "
+            + f" | {tv:.2f} | {_num(style_expl[k], '.3f')} "
             f"| {quality_mean[k]:.2f} [{quality_mean[k] - quality_half[k]:.2f}, "
             f"{quality_mean[k] + quality_half[k]:.2f}] | {length[k]:.1f} |"
         )
@@ -138,3 +138,8 @@ def style_sections(
     )
     sections = [("Built-in task: response styles and quality", body)]
     return sections, {"Style distribution of each policy vs the Nash mixture": figure}
+
+
+def _num(x: float, spec: str) -> str:
+    """A number for a report table; "—" for a non-finite one (e.g. no styled response)."""
+    return format(x, spec) if np.isfinite(x) else "—"

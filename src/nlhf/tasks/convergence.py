@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from nlhf.games import PreferenceGame, solve_regularized
+from nlhf.jsonio import dumps
 
 # --------------------------------------------------------------------------------------------
 # measuring a policy
@@ -176,7 +177,7 @@ class ConvergenceRecorder:
             shares = self.probe.shares(average, self.tokenizer)
             row["average_shares"] = [float(x) for x in shares]
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps(row) + "\n")
         self._recorded = step
         return row
 

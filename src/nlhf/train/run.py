@@ -11,9 +11,10 @@
    checkpoint to resume from (none when the run was stopped before its first checkpoint: it
    starts again, if its ``config.yaml`` matches). A finished run resumed with the same settings
    sets :attr:`RunDirectory.finished`: there is nothing to do.
-2. :meth:`RunDirectory.open` takes an exclusive lock (``.nlhf-run.lock``, released by the OS
-   when the process dies, so a killed run never blocks the next), clears an overwritten run,
-   writes ``config.yaml`` and truncates ``metrics.jsonl`` to the resumed step.
+2. :meth:`RunDirectory.open` takes the exclusive lock of :class:`nlhf.locking.DirectoryLock`
+   (``.nlhf-run.lock``, released by the OS when the process dies, so a killed run never blocks
+   the next; tournaments and the demo take the same lock), clears an overwritten run, writes
+   ``config.yaml`` and truncates ``metrics.jsonl`` to the resumed step.
 3. :meth:`RunDirectory.save_checkpoint` writes ``checkpoint.new/``, marks it complete last (the
    marker holds the step and the resolved config), then swaps it in:
    ``checkpoint/ -> checkpoint.old/``, ``checkpoint.new/ -> checkpoint/``, delete the old one.
@@ -57,6 +58,7 @@ import torch
 
 from nlhf.config import save_yaml, to_dict
 from nlhf.jsonio import dumps, write_json
+from nlhf.locking import LOCK, DirectoryLock, check_output_dir
 from nlhf.models.checkpoint import first_line
 
 __all__ = [
@@ -76,7 +78,6 @@ __all__ = [
 
 CHECKPOINT = "checkpoint"
 MARKER = "nlhf_checkpoint.json"  # written last: a checkpoint directory without it is incomplete
-LOCK = ".nlhf-run.lock"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 FINISHED = "nlhf_finished.json"  # written after the final model: the run is complete
@@ -260,7 +261,7 @@ class RunDirectory:
         self.may_change = set(may_change) | {"resume", "overwrite", "output_dir"}
         self.is_main = is_main
         self.barrier = barrier
-        self._lock_fd: int | None = None
+        self._lock = DirectoryLock(self.path, flag="output_dir")
         self.start: Checkpoint | None = None
         self.finished: Checkpoint | None = None
         """set by :meth:`check` when ``--resume`` finds the run already finished: nothing to
@@ -275,8 +276,7 @@ class RunDirectory:
         fewer steps). Raises ``ValueError`` naming what is wrong."""
         out = self.path
         check_finite_config(self.config)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"output_dir: {out} exists and is a file, not a directory")
+        check_output_dir(out, flag="output_dir")
         for name, src in self.inputs.items():
             if _inside(src, out) and not self.overwrite:
                 raise ValueError(
@@ -356,8 +356,7 @@ class RunDirectory:
             raise RuntimeError("RunDirectory.open: the run is finished; there is nothing to do")
         self.barrier()  # every process has checked before anything changes
         if self.is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock()
+            self._lock.acquire()  # creates the directory
             in_place = any(_inside(src, self.path) for src in self.inputs.values())
             if self.start is None and self.overwrite and not in_place:
                 _clear_run(self.path, keep=self.reads)
@@ -371,23 +370,6 @@ class RunDirectory:
         if self.start is not None:  # every process reads the settled location
             self.start = find_checkpoint(self.path)
         return self
-
-    def _lock(self) -> None:
-        import fcntl
-
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise ValueError(
-                f"output_dir: {self.path} is in use by another run ({holder}); wait for it to "
-                "finish or choose another --output-dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}".encode())
-        self._lock_fd = fd
 
     def _truncate_metrics(self, keep_through: int) -> None:
         path = self.path / METRICS
@@ -514,9 +496,7 @@ class RunDirectory:
 
     def close(self) -> None:
         """Release the lock."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # the file stays: unlinking it could let two runs lock
-            self._lock_fd = None
+        self._lock.release()
 
     def __enter__(self) -> RunDirectory:
         return self

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nlhf.config import add_config_arguments, config_from_args, save_yaml, to_dict
+from nlhf.config import add_config_arguments, config_from_args, to_dict
+from nlhf.jsonio import write_text
+from nlhf.locking import LOCK, DirectoryLock, check_output_dir
 from nlhf.tasks.demo import stages
 from nlhf.tasks.demo.config import QUICK_PRESET, DemoConfig, policy_specs
-from nlhf.tasks.demo.pipeline import Pipeline, Stage
+from nlhf.tasks.demo.pipeline import MARKER, Pipeline, Stage
 
 TOTAL = 7
 
@@ -52,9 +54,46 @@ def _policy_bar(group: list[Stage], steps: int, parallel: bool):
     return queue, poll
 
 
+def check_demo_dir(cfg: DemoConfig) -> Path:
+    """Validate ``cfg.output_dir`` before anything is written: a directory (or a path that can
+    be created) that is empty, absent or holds a demo run, unless ``cfg.overwrite``."""
+    root = check_output_dir(cfg.output_dir)
+    if not root.is_dir() or cfg.overwrite or is_demo_run(root):
+        return root
+    foreign = sorted(p.name for p in root.iterdir() if p.name != LOCK)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)" * (len(foreign) > 5))
+        raise ValueError(
+            f"output_dir: {root} holds files that are not a demo run ({shown}); choose another "
+            "--output-dir, or pass --overwrite to run the demo there anyway"
+        )
+    return root
+
+
+def is_demo_run(root: Path) -> bool:
+    """Whether ``root`` holds (part of) a demo run: a stage marker, or the ``config.yaml`` of a
+    demo (written before the first stage runs)."""
+    import yaml
+
+    if any(root.glob(f"0[1-7]_*/{MARKER}")):
+        return True
+    try:
+        data = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and {"task", "sft", "policy", "tournament"} <= set(data)
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
     """Run (or resume) the stages of the demo up to ``cfg.until``; returns the path of
-    ``report.md`` (or of the output directory when stopping earlier)."""
+    ``report.md`` (or of the output directory when stopping earlier). The output directory is
+    checked first and locked while the demo runs (a second demo into it stops at once)."""
+    root = check_demo_dir(cfg)
+    with DirectoryLock(root):
+        return _run_stages(cfg, root, log)
+
+
+def _run_stages(cfg: DemoConfig, root: Path, log: Callable[[str], None] | None) -> Path:
     import torch
 
     from nlhf import __version__
@@ -62,11 +101,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    root = Path(cfg.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, root / "config.yaml")
+    write_text(root / "config.yaml", yaml_text(cfg))
     specs = policy_specs(cfg)
-    pipe = Pipeline(root, log=log, version=__version__)
+    pipe = Pipeline(root, log=log, version=__version__, rerun=cfg.overwrite)
     sec = to_dict  # config sections enter the hashes as plain dicts
     workers = cfg.n_workers
     dirs: dict[str, Path] = {}
@@ -212,7 +249,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
         return root
     from nlhf.tasks.demo.report import stage_report
 
-    ignored = ("output_dir", "until", "threads", "workers")
+    ignored = ("output_dir", "until", "threads", "workers", "overwrite")
     report_dir = pipe.run(
         stage(
             7, "07_report", "report",
@@ -229,6 +266,13 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> Path:
         )
     )  # fmt: skip
     return report_dir / "report.md"
+
+
+def yaml_text(cfg: DemoConfig) -> str:
+    """The resolved configuration as YAML (what ``OUTPUT_DIR/config.yaml`` holds)."""
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

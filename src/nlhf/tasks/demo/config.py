@@ -174,6 +174,10 @@ class DemoConfig:
     until: int = 7
     """stop after this stage (1 task data, 2 SFT, 3 comparisons, 4 preference/reward models,
     5 policies, 6 tournament, 7 report)"""
+    overwrite: bool = False
+    """run every stage again even if it is up to date (each stage's old outputs are replaced
+    when its new ones are complete), and allow an output directory that holds something other
+    than a demo run (files the demo does not write are left alone)"""
     task: SummaryTaskConfig = field(default_factory=SummaryTaskConfig)
     data: DataStageConfig = field(default_factory=DataStageConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -196,12 +200,10 @@ class DemoConfig:
 
     @property
     def torch_device(self) -> str:
-        """The torch device of ``device``."""
-        if self.device == "cpu":
-            return "cpu"
-        import torch
+        """The torch device of ``device`` (``auto``: CUDA when there is a GPU, else the CPU)."""
+        from nlhf.devices import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(resolve_device(self.device))
 
     @property
     def n_workers(self) -> int:

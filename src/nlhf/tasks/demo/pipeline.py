@@ -4,8 +4,11 @@ are intact, run one at a time or as a group in parallel worker processes.
 A stage's *input hash* covers its inputs (a JSON-able value, e.g. its config section) and the
 output digests of the upstream stages it reads. A stage writes into ``<name>.partial/``; only
 when it has finished is the marker ``.stage.json`` (input hash, output digests, seconds) written
-there and the directory swapped in for ``<name>/``. So an interrupted or failed stage leaves the
-previous complete outputs (if any) in place and is simply run again next time.
+there (atomically) and the directory swapped in for ``<name>/``: ``<name>/ -> <name>.old/``,
+``<name>.partial/ -> <name>/``, delete ``<name>.old/``. So an interrupted or failed stage leaves
+the previous complete outputs (if any) in place and is simply run again next time; a kill
+between the two renames leaves both complete versions on disk, and the next run takes the new
+one (:meth:`Pipeline.settle`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nlhf.jsonio import write_json
+
 MARKER = ".stage.json"
 PARTIAL = ".partial"
+OLD = ".old"
+# not outputs: the lock file that trainers (and the demo) keep in the directories they write
+UNHASHED = (".nlhf-run.lock",)
 
 
 @dataclass
@@ -51,7 +59,7 @@ def file_digests(path: Path) -> dict[str, str]:
     """SHA-256 of every file under ``path`` (the marker excluded), by relative name."""
     out = {}
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        if f.name == MARKER:
+        if f.name == MARKER or f.name in UNHASHED:
             continue
         h = hashlib.sha256()
         with f.open("rb") as fh:
@@ -59,6 +67,15 @@ def file_digests(path: Path) -> dict[str, str]:
                 h.update(chunk)
         out[str(f.relative_to(path))] = h.hexdigest()
     return out
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker of a complete stage directory, or None (missing, or cut short by a kill)."""
+    try:
+        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
 
 
 def _combine(digests: dict[str, str]) -> str:
@@ -85,25 +102,57 @@ def _run_in_worker(fn: Callable[[Path], Any], out: Path) -> tuple[float, float]:
 class Pipeline:
     """Runs stages under ``root`` (see the module docstring)."""
 
-    def __init__(self, root: Path, log: Callable[[str], None] = print, version: str = ""):
+    def __init__(
+        self,
+        root: Path,
+        log: Callable[[str], None] = print,
+        version: str = "",
+        rerun: bool = False,
+    ):
         self.root = Path(root)
         self.log = log
         self.version = version
+        self.rerun = rerun
+        """run every stage once even if it is up to date (``nlhf demo --overwrite``)"""
         self.ran: list[str] = []
         self.skipped: list[str] = []
 
     # ------------------------------------------------------------------ bookkeeping
     def marker(self, name: str) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.root / name / MARKER).read_text())
-        except (OSError, ValueError):
-            return None
+        return _read_marker(self.root / name)
+
+    def settle(self, name: str, want: str | None = None) -> None:
+        """Finish a swap that a kill interrupted: with ``<name>/`` missing, the complete
+        ``<name>.partial/`` (its marker written) or else the complete ``<name>.old/`` becomes
+        ``<name>/``; a leftover ``<name>.old/`` next to ``<name>/`` is removed. With ``want``
+        (the stage's input hash now), a complete partial made for exactly these inputs replaces
+        ``<name>/`` too (a kill came after its marker, before the swap)."""
+        out = self.root / name
+        partial, old = self.root / (name + PARTIAL), self.root / (name + OLD)
+        done = _read_marker(partial) if partial.is_dir() else None
+        if (
+            out.exists()
+            and want is not None
+            and done is not None
+            and done.get("input_hash") == want
+            and file_digests(partial) == done.get("files")
+        ):
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        if not out.exists():
+            for candidate in (partial, old):
+                if candidate.is_dir() and _read_marker(candidate) is not None:
+                    os.replace(candidate, out)
+                    break
+        if out.exists() and old.exists():
+            shutil.rmtree(old)
 
     def input_hash(self, stage: Stage) -> str:
         """Hash of the stage's inputs and of the upstream outputs it reads."""
         ups = {}
         for u in stage.upstream:
             name, _, only = u.partition(":")
+            self.settle(name)
             m = self.marker(name)
             if m is None:
                 raise RuntimeError(f"stage {stage.name} needs stage {name}, which has not run")
@@ -125,6 +174,8 @@ class Pipeline:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def up_to_date(self, stage: Stage, want: str) -> bool:
+        if self.rerun and stage.name not in self.ran:
+            return False
         have = self.marker(stage.name)
         out = self.root / stage.name
         return (
@@ -156,14 +207,14 @@ class Pipeline:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **stage.info,
         }
-        (partial / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        write_json(partial / MARKER, marker)
         out = self.root / stage.name
         if out.exists():
-            old = self.root / (stage.name + ".old")
+            old = self.root / (stage.name + OLD)
             if old.exists():
                 shutil.rmtree(old)
             os.replace(out, old)
-            os.replace(partial, out)
+            os.replace(partial, out)  # a kill before this line: settle() takes partial
             shutil.rmtree(old)
         else:
             os.replace(partial, out)
@@ -172,12 +223,16 @@ class Pipeline:
 
     def pending(self, stages: Sequence[Stage]) -> list[Stage]:
         """The stages that would run (not up to date)."""
+        for s in stages:
+            self.settle(s.name)
         return [s for s in stages if not self.up_to_date(s, self.input_hash(s))]
 
     # ------------------------------------------------------------------ running
     def run(self, stage: Stage) -> Path:
         """Run ``stage`` in this process unless it is up to date; returns its directory."""
+        self.settle(stage.name)
         want = self.input_hash(stage)
+        self.settle(stage.name, want)
         if self.up_to_date(stage, want):
             self.log(f"{self._prefix(stage)}{stage.title}: up to date, skipped ({stage.name})")
             self.skipped.append(stage.name)
@@ -204,7 +259,9 @@ class Pipeline:
 
         todo: list[tuple[Stage, str]] = []
         for stage in stages:
+            self.settle(stage.name)
             want = self.input_hash(stage)
+            self.settle(stage.name, want)
             if self.up_to_date(stage, want):
                 self.log(f"{self._prefix(stage)}{stage.title}: up to date, skipped ({stage.name})")
                 self.skipped.append(stage.name)

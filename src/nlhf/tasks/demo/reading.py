@@ -300,7 +300,19 @@ def _style_corr(result, task) -> float:
         resp = result.samples[n]
         d = np.array([sum(task.style_of(r) == s for r in resp) for s in STYLES]) / len(resp)
         tv.append(0.5 * (np.abs(d - nash).sum() + 1 - d.sum()))
-    return float(np.corrcoef(result.mean_win_rate, tv)[0, 1])
+    return _corr(result.mean_win_rate, tv)
+
+
+def _corr(x, y) -> float:
+    """Pearson correlation; NaN when either side has no spread."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _fmt_corr(r: float) -> str:
+    return f"{r:.2f}" if np.isfinite(r) else "undefined (no spread)"
 
 
 def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: float) -> str:
@@ -316,11 +328,11 @@ def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: floa
     lines = []
     if len(quality) >= 3 and len(quality) == len(names):
         q = np.array([quality[n] for n in names])
-        r_q = float(np.corrcoef(result.mean_win_rate, q)[0, 1])
+        r_q = _corr(result.mean_win_rate, q)
         lines.append(
             f"- Across the {len(names)} policies the correlation of the mean win rate with "
-            f"the mean quality of their responses is {r_q:.2f}; with their total variation "
-            f"to the raters' style Nash it is {_style_corr(result, task):.2f}."
+            f"the mean quality of their responses is {_fmt_corr(r_q)}; with their total "
+            f"variation to the raters' style Nash it is {_fmt_corr(_style_corr(result, task))}."
         )
     if "SFT" in quality:
         q0 = quality["SFT"]

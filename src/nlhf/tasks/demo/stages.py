@@ -14,9 +14,12 @@ from typing import Any
 import numpy as np
 
 from nlhf.config import save_yaml
+from nlhf.jsonio import dumps, write_json
+from nlhf.models.judge import check_judge_output, judge_prob
 from nlhf.tasks.demo.config import DemoConfig, PolicySpec
 from nlhf.tasks.summaries import STYLES, SummaryTask
 
+RATERS = "the task's simulated raters"
 # Seeds of the task's prompt streams (SummaryTask.prompts): disjoint sets per use.
 PROMPT_SEEDS = {"demonstrations": 1, "comparisons": 2, "policy": 3, "eval": 4, "probe": 5}
 
@@ -25,11 +28,11 @@ def write_lines(path: Path, lines: list[str]) -> None:
     for i, line in enumerate(lines):
         if "\n" in line:
             raise ValueError(f"{path}: line {i} contains a newline")
-    path.write_text("".join(line + "\n" for line in lines))
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def read_lines(path: Path) -> list[str]:
-    return [line for line in path.read_text().splitlines() if line]
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
 def load_policy(path: Path, device: str = "cpu"):
@@ -54,9 +57,9 @@ def stage_task(cfg: DemoConfig, out: Path) -> None:
     bar.update()
     sft_prompts = task.prompts(d.n_demonstrations, seed=PROMPT_SEEDS["demonstrations"])
     demos = task.demonstrations(sft_prompts, seed=PROMPT_SEEDS["demonstrations"])
-    with (out / "demonstrations.jsonl").open("w") as f:
+    with (out / "demonstrations.jsonl").open("w", encoding="utf-8") as f:
         for p, r in zip(sft_prompts, demos):
-            f.write(json.dumps({"prompt": p, "response": r}) + "\n")
+            f.write(dumps({"prompt": p, "response": r}) + "\n")
     bar.update()
     # extra prompts for comparisons: identical or empty SFT pairs are redrawn from the spare
     n_comparison_prompts = 2 * d.n_comparisons
@@ -83,7 +86,7 @@ def stage_task(cfg: DemoConfig, out: Path) -> None:
         "demo_style_freq": [counts[s] / len(demos) for s in STYLES],
         "demo_quality": float(np.mean(quality)),
     }
-    (out / "task.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "task.json", info)
     save_yaml(cfg.task, out / "task.yaml")
     bar.update()
     bar.close()
@@ -139,7 +142,8 @@ def stage_comparisons(cfg: DemoConfig, task_dir: Path, sft_dir: Path, out: Path)
         A = [a[i] for i in keep]
         B = [b[i] for i in keep]
         labels, groups = judge.sample_labels_with_groups(P, A, B, generator=label_gen)
-        exact = judge.prob(P, A, B)
+        check_judge_output(labels, len(P), f"{RATERS}.sample_labels", labels=True)
+        exact = judge_prob(judge, P, A, B, what=RATERS)
         exact_agree += ((exact > 0.5).float() == labels).tolist()
         bayes += torch.maximum(exact, 1 - exact).tolist()
         for p, x, y, lab, g in zip(P, A, B, labels.tolist(), groups.tolist()):
@@ -162,7 +166,7 @@ def stage_comparisons(cfg: DemoConfig, task_dir: Path, sft_dir: Path, out: Path)
         "label_agrees_with_exact": float(np.mean(exact_agree)),
         "bayes_accuracy": float(np.mean(bayes)),
     }
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_json(out / "stats.json", stats)
 
 
 def stage_preference(
@@ -194,12 +198,12 @@ def stage_preference(
             "n_head": pc.n_head,
             "n_positions": 3 * cfg.sft.n_positions,
         }
-        (out / "backbone_config.json").write_text(json.dumps(model_cfg))
+        write_json(out / "backbone_config.json", model_cfg)
         pt = PreferenceTrainConfig(random_init=out / "backbone_config.json", **common)
     train = load_comparisons(comparisons_dir / "comparisons.jsonl")
     metrics = train_preference(pt, train=list(train))
     shutil.rmtree(out / "checkpoint", ignore_errors=True)  # resumable state; the model is kept
-    (out / "demo_metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    write_json(out / "demo_metrics.json", metrics)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,7 +305,7 @@ def stage_targets(
                 else f"fixed point of the beta = {spec.beta:g} mixture's regularised best response"
             )
         targets["policies"][spec.name] = {"own_target": own.tolist(), "own_target_is": what}
-    (out / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
+    write_json(out / "targets.json", targets)
 
 
 def stage_policy(
@@ -385,5 +389,6 @@ def stage_tournament(cfg: DemoConfig, task_dir: Path, pool: dict[str, Path], out
         seed=cfg.seed,
         labels=cfg.tournament.labels,
         device=cfg.torch_device,
+        judge_spec=f"builtin:{task_dir.name}/task.yaml",
     )
     result.to_json(out / "tournament.json", include_samples=True)
