@@ -150,25 +150,6 @@ def test_recorder_writes_rows_and_records_the_trainers_average(tiny_policy, tmp_
     np.testing.assert_allclose(average[-1], probe.shares(saved, tokenizer), atol=1e-6)
     np.testing.assert_allclose(average[0], shares[0], atol=1e-7)  # EMA = policy before step 1
 
-    # a 3-argument callback that keeps its own average (and records step 0 itself) gets the
-    # same rows: every step once, the same average
-    from nlhf.sampling import EMAPolicy
-
-    policy = copy.deepcopy(model)
-    own = cv.ConvergenceRecorder(
-        probe, tokenizer, tmp_path / "own.jsonl", every=2, last=5,
-        average=EMAPolicy(copy.deepcopy(policy), decay=0.8),
-    )  # fmt: skip
-    own.record(0, policy)
-    cfg = PolicyTrainConfig(**{**vars(cfg), "output_dir": str(tmp_path / "run2")})
-    train_policy(
-        cfg, policy_model=policy, callback=lambda step, p, record: own(step, p, record), **run
-    )
-    own_steps, own_shares = cv.read_trajectory(tmp_path / "own.jsonl")
-    assert own_steps.tolist() == [0, 2, 4, 5]
-    np.testing.assert_allclose(own_shares, shares, atol=1e-6)
-    _, own_average = cv.read_trajectory(tmp_path / "own.jsonl", key="average_shares")
-    np.testing.assert_allclose(own_average, average, atol=1e-6)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl, line 1"):
         cv.read_trajectory(tmp_path / "bad.jsonl")

@@ -144,10 +144,6 @@ class ConvergenceRecorder:
     every ``every`` steps and at step ``last``, append ``{"step": t, "shares": [...]}`` of the
     policy under ``probe`` to ``path``. With Nash-EMA-PG the trainer passes its averaged policy
     (``alternative``), whose shares are recorded too (``"average_shares"``).
-
-    ``average`` (optional) is for callers that do not pass the trainer's ``alternative`` on: an
-    ``nlhf.sampling.EMAPolicy`` of the initial policy that the recorder updates after every step
-    like the trainer's (with the trainer's decay it is the same average).
     """
 
     def __init__(
@@ -157,22 +153,19 @@ class ConvergenceRecorder:
         path: str | Path,
         every: int,
         last: int,
-        average=None,
     ):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.probe, self.tokenizer, self.path = probe, tokenizer, Path(path)
-        self.every, self.last, self.average = every, last, average
+        self.every, self.last = every, last
         self._recorded: int | None = None  # the step last written (each step once)
 
     def record(self, step: int, policy, average=None) -> dict:
-        """Measure ``policy`` (and ``average``, default the recorder's own) now and append the
-        row; returns it."""
+        """Measure ``policy`` (and ``average``, if given) now and append the row; returns it."""
         row = {
             "step": step,
             "shares": [float(x) for x in self.probe.shares(policy, self.tokenizer)],
         }
-        average = self.average if average is None else average
         if average is not None:
             shares = self.probe.shares(average, self.tokenizer)
             row["average_shares"] = [float(x) for x in shares]
@@ -182,8 +175,6 @@ class ConvergenceRecorder:
         return row
 
     def __call__(self, step: int, policy, record: dict | None = None, alternative=None) -> None:
-        if self.average is not None and alternative is None and step > 0:
-            self.average.update(policy)
         due = step % self.every == 0 or step == self.last
         if due and step != self._recorded:
             self.record(step, policy, average=alternative)

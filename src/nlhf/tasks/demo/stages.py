@@ -320,9 +320,6 @@ def stage_policy(
     """Stage 5: one policy trained from SFT against the learned preference (or reward) model,
     its style shares on the probe prompts written to ``convergence.jsonl`` every
     ``policy.probe_every`` steps. ``progress``: a queue that gets ``(name, steps done)``."""
-    import copy
-
-    from nlhf.sampling import EMAPolicy
     from nlhf.tasks.convergence import ConvergenceRecorder
     from nlhf.train.policy import PolicyTrainConfig, train_policy
 
@@ -348,21 +345,17 @@ def stage_policy(
         progress=progress is None,
     )
     policy, tokenizer = load_policy(sft_dir)  # the trainer moves it to its device
-    average = None
-    if spec.method == "ema":  # follows the trainer's averaged policy (EMA*) step by step
-        average = EMAPolicy(copy.deepcopy(policy), spec.ema_decay).to(cfg.torch_device)
     recorder = ConvergenceRecorder(
         style_probe(task_dir, tokenizer, pc.temperature),
         tokenizer,
         out / "convergence.jsonl",
         every=pc.probe_every,
         last=pc.steps,
-        average=average,
     )
-    recorder.record(0, policy)
 
-    def callback(step: int, model, record: dict) -> None:
-        recorder(step, model, record)
+    def callback(step: int, model, record: dict, alternative=None) -> None:
+        # step 0 comes before the first update; ``alternative``: the trainer's EMA (EMA*)
+        recorder(step, model, record, alternative=alternative)
         if progress is not None and (step % 10 == 0 or step == pc.steps):
             progress.put((spec.name, step))
 
