@@ -18,7 +18,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nlhf.config import add_config_arguments, config_from_args
 
@@ -32,14 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nlhf.train.policy import PolicyTrainConfig, train_policy
+    from nlhf.train.run import run_command
 
     cfg = config_from_args(PolicyTrainConfig, args)
-    try:
-        out = train_policy(cfg)
-    except FileNotFoundError:
-        raise  # a missing input: bad input (exit 2)
-    except OSError as err:  # e.g. disk full while saving: the message says what was kept
-        print(f"nlhf train: error: {err.strerror or err}", file=sys.stderr)
-        return 1
+    code, out = run_command("nlhf train", lambda: train_policy(cfg))
+    if code:
+        return code
     print(f"policy written to {out}")
     return 0

@@ -30,9 +30,7 @@ per logged step), ``config.yaml``, ``checkpoint/`` (for ``resume``), ``nlhf_fini
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +69,10 @@ from nlhf.train.run import (
     check_finite_step,
     check_finite_weights,
     lr_factor,
-    reset_accelerate_state,
+    per_process_batch,
+    read_metrics,
     shuffled_indices,
+    start_accelerator,
 )
 
 
@@ -326,35 +326,20 @@ def train_preference(
     Everything is checked before the output directory is touched (``nlhf.train.run``); a
     ``--resume`` of a finished run returns its metrics and does nothing else.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     # --- inputs, all checked before anything is written ---
-    mixed = cfg.mixed_precision
-    if mixed == "auto":
-        use_gpu = torch.cuda.is_available() and not cfg.cpu
-        mixed = "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "no"
-    reset_accelerate_state()
-    accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.cpu)
+    accelerator, say = start_accelerator(cfg.mixed_precision, cfg.cpu)
     is_main = accelerator.is_main_process
-
-    def say(msg: str) -> None:
-        if is_main:
-            print(msg, file=sys.stderr, flush=True)
-
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     train, evals = _load_data(cfg, train, eval, say)
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     world = accelerator.num_processes
-    micro = cfg.batch_size // cfg.grad_accum
-    if micro % world:
-        raise ValueError(
-            f"batch_size: {cfg.batch_size} / grad_accum {cfg.grad_accum} = {micro} comparisons per "
-            f"micro-batch is not divisible by the {world} processes"
-        )
-    per_process, rank = micro // world, accelerator.process_index
+    per_process = per_process_batch(cfg.batch_size, cfg.grad_accum, world, " comparisons")
+    micro = per_process * world
+    rank = accelerator.process_index
     local = {name: path for name in ("model", "tokenizer") if (path := getattr(cfg, name))}
     run = RunDirectory(
         out, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
@@ -364,11 +349,8 @@ def train_preference(
     )  # fmt: skip
     start = run.check(total_steps)
     if run.finished is not None:
-        say(
-            f"nothing to do: the run in {out} finished at step {run.finished.step} "
-            "(start a new one with --overwrite or another --output-dir)"
-        )
-        return _read_metrics(out / "eval.json")
+        say(run.nothing_to_do)
+        return read_metrics(out / "eval.json")
     if start is not None:  # the checkpoint's own model and tokenizer; weights restored below
         model = load_model(start.path / "model")
         model.max_length = min(model.max_length, cfg.max_length)
@@ -527,15 +509,6 @@ def train_preference(
         bar.close()
         run.close()
     return metrics
-
-
-def _read_metrics(path: Path) -> dict[str, float]:
-    """A finished run's ``eval.json`` (null read back as NaN)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {k: math.nan if v is None else float(v) for k, v in data.items()}
 
 
 def _save_dtype(cfg: PreferenceTrainConfig) -> torch.dtype:

@@ -24,11 +24,11 @@ a finished run is left as it is) or --overwrite (replace it).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nlhf.config import add_config_arguments, config_from_args
 from nlhf.jsonio import dumps
 from nlhf.train.preference import PreferenceTrainConfig, train_preference
+from nlhf.train.run import run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,13 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(PreferenceTrainConfig, args)
-    try:
-        metrics = train_preference(cfg)
-    except FileNotFoundError:
-        raise  # a missing input: bad input (exit 2)
-    except OSError as err:  # e.g. disk full while saving: the message says what was kept
-        print(f"nlhf train-preference: error: {err.strerror or err}", file=sys.stderr)
-        return 1
+    code, metrics = run_command("nlhf train-preference", lambda: train_preference(cfg))
+    if code:
+        return code
     print(dumps({k: round(v, 6) for k, v in metrics.items()}, indent=2))  # NaN as null
     print(f"model written to {cfg.output_dir}")
     return 0

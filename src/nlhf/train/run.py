@@ -48,6 +48,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,8 +73,12 @@ __all__ = [
     "find_checkpoint",
     "find_finished",
     "lr_factor",
+    "per_process_batch",
+    "read_metrics",
     "reset_accelerate_state",
+    "run_command",
     "shuffled_indices",
+    "start_accelerator",
 ]
 
 CHECKPOINT = "checkpoint"
@@ -349,6 +354,15 @@ class RunDirectory:
         )
 
     # -- 2. open: lock, clear, config, metrics -----------------------------------------------
+
+    @property
+    def nothing_to_do(self) -> str:
+        """What a trainer says when ``--resume`` finds the run finished (:attr:`finished`)."""
+        step = self.finished.step if self.finished is not None else None
+        return (
+            f"nothing to do: the run in {self.path} finished at step {step} "
+            "(start a new one with --overwrite or another --output-dir)"
+        )
 
     def open(self) -> RunDirectory:
         """Lock the directory and write ``config.yaml`` (after :meth:`check`)."""
@@ -677,3 +691,58 @@ def reset_accelerate_state() -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 and AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def start_accelerator(
+    mixed_precision: str, cpu: bool, **kwargs: Any
+) -> tuple[Any, Callable[[str], None]]:
+    """A fresh ``accelerate.Accelerator`` for one run (the process-wide state reset first) and
+    ``say(msg)``, which prints to stderr on the main process only. ``mixed_precision="auto"``:
+    bf16 on a GPU that supports it, else none. ``kwargs`` go to the ``Accelerator``."""
+    from accelerate import Accelerator
+
+    if mixed_precision == "auto":
+        use_gpu = torch.cuda.is_available() and not cpu
+        mixed_precision = "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "no"
+    reset_accelerate_state()
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu, **kwargs)
+
+    def say(msg: str) -> None:
+        if accelerator.is_main_process:
+            print(msg, file=sys.stderr, flush=True)
+
+    return accelerator, say
+
+
+def per_process_batch(batch_size: int, grad_accum: int, world: int, unit: str = "") -> int:
+    """Rows of one micro-batch on each of ``world`` processes, or a ``ValueError`` when the
+    micro-batch (``batch_size / grad_accum``) does not divide among them."""
+    micro = batch_size // grad_accum
+    if micro % world:
+        raise ValueError(
+            f"batch_size: {batch_size} / grad_accum {grad_accum} = {micro}{unit} per "
+            f"micro-batch is not divisible by the {world} processes"
+        )
+    return micro // world
+
+
+def read_metrics(path: str | Path) -> dict[str, float]:
+    """A finished run's ``eval.json`` (null read back as NaN); {} when it is missing or bad."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: math.nan if v is None else float(v) for k, v in data.items()}
+
+
+def run_command(command: str, train: Callable[[], Any]) -> tuple[int, Any]:
+    """Run a trainer for the CLI ``command``: ``(0, result)``, or ``(1, None)`` after one line
+    on stderr when writing failed (e.g. a full disk; the message says what was kept). A missing
+    input (``FileNotFoundError``) is raised: bad input, exit 2."""
+    try:
+        return 0, train()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        print(f"{command}: error: {err.strerror or err}", file=sys.stderr)
+        return 1, None

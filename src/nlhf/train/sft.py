@@ -31,9 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,8 +52,10 @@ from nlhf.train.run import (
     check_finite_step,
     check_finite_weights,
     lr_factor,
-    reset_accelerate_state,
+    per_process_batch,
+    read_metrics,
     shuffled_indices,
+    start_accelerator,
 )
 
 
@@ -498,37 +498,21 @@ def train_sft(
 
 
 def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = None):
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     from nlhf.models.checkpoint import load_tokenizer
 
     # --- inputs, all checked before anything is written ---
-    mixed = cfg.mixed_precision
-    if mixed == "auto":
-        use_gpu = torch.cuda.is_available() and not cfg.cpu
-        mixed = "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "no"
-    reset_accelerate_state()
-    accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.cpu)
+    accelerator, say = start_accelerator(cfg.mixed_precision, cfg.cpu)
     is_main = accelerator.is_main_process
-
-    def say(msg: str) -> None:
-        if is_main:
-            print(msg, file=sys.stderr, flush=True)
-
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     train, evals = load_sft_data(cfg, train, evals, say)
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     world = accelerator.num_processes
-    micro = cfg.batch_size // cfg.grad_accum
-    if micro % world:
-        raise ValueError(
-            f"batch_size: {cfg.batch_size} / grad_accum {cfg.grad_accum} = {micro} per "
-            f"micro-batch is not divisible by the {world} processes"
-        )
-    per_process = micro // world
+    per_process = per_process_batch(cfg.batch_size, cfg.grad_accum, world)
+    micro = per_process * world
     local = {name: path for name in ("model", "tokenizer") if (path := getattr(cfg, name))}
     run = RunDirectory(
         out, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
@@ -538,11 +522,8 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
     )  # fmt: skip
     start = run.check(total_steps)
     if run.finished is not None:
-        say(
-            f"nothing to do: the run in {out} finished at step {run.finished.step} "
-            "(start a new one with --overwrite or another --output-dir)"
-        )
-        return _read_metrics(out / "eval.json")
+        say(run.nothing_to_do)
+        return read_metrics(out / "eval.json")
     if start is not None:  # the checkpoint's tokenizer (built on the data for random_init)
         tokenizer = load_tokenizer(start.path / "tokenizer", "the checkpoint's tokenizer")
     elif tokenizer is None:
@@ -704,15 +685,6 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
         bar.close()
         run.close()
     return metrics
-
-
-def _read_metrics(path: Path) -> dict[str, float]:
-    """A finished run's ``eval.json`` (null read back as NaN)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {k: math.nan if v is None else float(v) for k, v in data.items()}
 
 
 def _context_length(model) -> int | None:

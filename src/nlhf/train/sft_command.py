@@ -25,10 +25,10 @@ a finished run is left as it is) or --overwrite (replace it).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nlhf.config import add_config_arguments, config_from_args
 from nlhf.jsonio import dumps
+from nlhf.train.run import run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from nlhf.train.sft import SFTTrainConfig, train_sft
 
     cfg = config_from_args(SFTTrainConfig, args)
-    try:
-        metrics = train_sft(cfg)
-    except FileNotFoundError:
-        raise  # a missing input: bad input (exit 2)
-    except OSError as err:  # e.g. disk full while saving: the message says what was kept
-        print(f"nlhf sft: error: {err.strerror or err}", file=sys.stderr)
-        return 1
+    code, metrics = run_command("nlhf sft", lambda: train_sft(cfg))
+    if code:
+        return code
     print(dumps({k: round(v, 6) for k, v in metrics.items()}, indent=2))  # NaN as null
     print(f"model written to {cfg.output_dir}")
     return 0
