@@ -21,7 +21,15 @@ its own subprocess so that peak memory is its own):
 2. peak memory: CPU peak RSS of the worker process, and the increase over the RSS before
    training started (on CUDA: ``torch.cuda.max_memory_allocated``);
 3. mixture sampling time / plain policy sampling time for ``nlhf.sampling.generate`` (one KV
-   cache per model; the floor is 2, two models run).
+   cache per model; the floor is 2, two models run);
+4. whether trl's mixture sampler (``GeometricMixtureWrapper``) samples the token-level mixture
+   in this environment: the largest error of the log-probs it samples from against a no-cache
+   recomputation (with transformers 5 both of its models write into ONE shared KV cache, and
+   the error is of the order of nats: its samples are not Nash-MD-PG's ``y'``).
+
+``--trl-config matched`` (default) runs trl at nlhf's precision without gradient checkpointing;
+``defaults`` keeps trl's own online-DPO defaults, bf16 autocast and gradient checkpointing
+(slower: what an out-of-the-box trl run does).
 
 trl is NOT a dependency of nlhf. Run this in a separate environment that has it, e.g.
 
@@ -278,7 +286,11 @@ def worker_trl(args) -> dict:
         seed=args.seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        bf16=args.mixed_precision == "bf16",
+        # trl's online-DPO configs default to bf16 autocast and gradient checkpointing; nlhf runs
+        # neither unless asked. "matched": the same precision as nlhf, no checkpointing;
+        # "defaults": trl's own defaults (what an out-of-the-box trl run does)
+        bf16=True if args.trl_config == "defaults" else args.mixed_precision == "bf16",
+        gradient_checkpointing=args.trl_config == "defaults",
     )
     stamps: list[float] = []
 
@@ -369,7 +381,54 @@ def worker_sampling(args) -> dict:
     return result
 
 
-WORKERS = {"nlhf": worker_nlhf, "trl": worker_trl, "sampling": worker_sampling}
+def worker_trl_mixture(args) -> dict:
+    """Does trl's ``GeometricMixtureWrapper`` (the sampler of its ``NashMDTrainer``) sample
+    the token-level mixture here? The log-probs it samples each token from, against a
+    no-cache recomputation ``log_softmax((1 - beta) l_pi + beta l_mu)`` over the full prefix,
+    on the benchmark's policy and a perturbed copy as the reference."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from trl.experimental.nash_md.nash_md_trainer import GeometricMixtureWrapper
+
+    _threads(args.threads)
+    wd = Path(args.workdir)
+    policy_path = (wd / "policy_path").read_text()
+    pi = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32).eval()
+    mu = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32).eval()
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        for p in mu.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # a reference that differs from the policy
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    prompts = json.loads((wd / "prompts.json").read_text())[:2]
+    batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    gen = GenerationConfig(
+        max_new_tokens=8, do_sample=True, temperature=1.0, eos_token_id=None,
+        pad_token_id=tok.pad_token_id or tok.eos_token_id, output_logits=True,
+        return_dict_in_generate=True,
+    )  # fmt: skip
+    wrapper = GeometricMixtureWrapper(pi, mu, gen, args.beta, torch.device("cpu"))
+    width = batch["input_ids"].shape[1]
+    worst = 0.0
+    with torch.no_grad():
+        out = wrapper.generate(**batch, generation_config=gen)
+        for t, logits in enumerate(out.logits):
+            prefix = out.sequences[:, : width + t]
+            mask = torch.cat([batch["attention_mask"], torch.ones_like(prefix[:, width:])], 1)
+            l_pi = pi(input_ids=prefix, attention_mask=mask).logits[:, -1]
+            l_mu = mu(input_ids=prefix, attention_mask=mask).logits[:, -1]
+            want = torch.log_softmax((1 - args.beta) * l_pi + args.beta * l_mu, -1)
+            got = torch.log_softmax(logits.float(), -1)
+            worst = max(worst, float((got - want).abs().max()))
+    return {"max_logprob_error_vs_recomputation": worst, "tokens_checked": len(out.logits)}
+
+
+WORKERS = {
+    "nlhf": worker_nlhf,
+    "trl": worker_trl,
+    "sampling": worker_sampling,
+    "trl_mixture": worker_trl_mixture,
+}
 
 
 # ------------------------------------------------------------------------------ driver
@@ -382,6 +441,7 @@ def run_worker(kind: str, args, workdir: Path) -> dict:
     cmd += ["--sampling-repeats", str(args.sampling_repeats)]
     cmd += ["--batch-size", str(args.batch_size), "--new-tokens", str(args.new_tokens)]
     cmd += ["--mixed-precision", args.mixed_precision] + (["--lora"] if args.lora else [])
+    cmd += ["--trl-config", args.trl_config]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     result_file = workdir / f"result-{kind}.json"
@@ -436,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=64, help="maximum response length")
     parser.add_argument("--lora", action="store_true", help="LoRA (r 8) instead of full")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    parser.add_argument(
+        "--trl-config",
+        default="matched",
+        choices=["matched", "defaults"],
+        help="trl at nlhf's precision without gradient checkpointing (matched), or with its own "
+        "defaults: bf16 autocast and gradient checkpointing",
+    )
     parser.add_argument("--vocab-size", type=int, default=8192, help="GPT-2-shaped models")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--beta", type=float, default=0.125, help="mixture coefficient")
@@ -486,6 +553,12 @@ def main(argv: list[str] | None = None) -> int:
                     errors[kind] = str(err)
                     print(f"[bench] {err}", file=sys.stderr)
             sampling.append(run_worker("sampling", args, workdir))
+        mixture_check = None
+        if trl_version is not None:
+            try:
+                mixture_check = run_worker("trl_mixture", args, workdir)
+            except RuntimeError as err:
+                mixture_check = {"error": str(err)[-1000:]}
     result = {
         "benchmark": "policy training step: nlhf Nash-MD-PG vs trl NashMDTrainer",
         "setup": {
@@ -510,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "nlhf": summarize(runs["nlhf"]) if runs["nlhf"] else {"error": errors.get("nlhf")},
     }
+    result["setup"]["trl_config"] = args.trl_config
+    if mixture_check is not None:
+        result["trl_mixture_sampling_check"] = mixture_check
     if trl_version is None:
         result["trl"] = {"available": False, "reason": trl_reason}
     elif runs["trl"]:

@@ -123,36 +123,52 @@ def test_probe_exact_and_sampled_shares_agree(tiny_policy):
         cv.FeatureProbe(prompts, list(STYLES))
 
 
-def test_recorder_writes_rows_and_tracks_the_trainers_average(tiny_policy, tmp_path):
-    """With the trainer's decay, the recorder's average is Nash-EMA-PG's averaged policy."""
+def test_recorder_writes_rows_and_records_the_trainers_average(tiny_policy, tmp_path):
+    """The trainer calls the recorder at step 0 and passes Nash-EMA-PG's averaged policy: the
+    recorded average is the EMA the trainer saves."""
     import copy
 
-    from nlhf.sampling import EMAPolicy
     from nlhf.train.policy import PolicyTrainConfig, train_policy
 
     task, tokenizer, model = tiny_policy
-    policy = copy.deepcopy(model)
     ids = [tokenizer.convert_tokens_to_ids(s) for s in STYLES]
     probe = cv.FeatureProbe(task.prompts(12, seed=12), list(STYLES), token_ids=ids)
-    recorder = cv.ConvergenceRecorder(
-        probe, tokenizer, tmp_path / "convergence.jsonl", every=2, last=5,
-        average=EMAPolicy(copy.deepcopy(policy), decay=0.8),
-    )  # fmt: skip
-    recorder.record(0, policy)
     cfg = PolicyTrainConfig(
         output_dir=str(tmp_path / "run"), alternative="ema", ema_decay=0.8, tau=0.05, steps=5,
         batch_size=4, max_new_tokens=3, lr=1e-2, checkpoint_every=0, cpu=True, progress=False,
     )  # fmt: skip
-    train_policy(
-        cfg, prompts=task.prompts(20, seed=13), judge=task.judge(), policy_model=policy,
-        tokenizer=tokenizer, callback=recorder,
-    )  # fmt: skip
+    run = dict(prompts=task.prompts(20, seed=13), judge=task.judge(), tokenizer=tokenizer)
+    recorder = cv.ConvergenceRecorder(
+        probe, tokenizer, tmp_path / "convergence.jsonl", every=2, last=5
+    )
+    train_policy(cfg, policy_model=copy.deepcopy(model), callback=recorder, **run)
     steps, shares = cv.read_trajectory(tmp_path / "convergence.jsonl")
     assert steps.tolist() == [0, 2, 4, 5]
     assert not np.allclose(shares[0], shares[-1])  # it moved
     _, average = cv.read_trajectory(tmp_path / "convergence.jsonl", key="average_shares")
     saved = load_saved(tmp_path / "run" / "ema")
     np.testing.assert_allclose(average[-1], probe.shares(saved, tokenizer), atol=1e-6)
+    np.testing.assert_allclose(average[0], shares[0], atol=1e-7)  # EMA = policy before step 1
+
+    # a 3-argument callback that keeps its own average (and records step 0 itself) gets the
+    # same rows: every step once, the same average
+    from nlhf.sampling import EMAPolicy
+
+    policy = copy.deepcopy(model)
+    own = cv.ConvergenceRecorder(
+        probe, tokenizer, tmp_path / "own.jsonl", every=2, last=5,
+        average=EMAPolicy(copy.deepcopy(policy), decay=0.8),
+    )  # fmt: skip
+    own.record(0, policy)
+    cfg = PolicyTrainConfig(**{**vars(cfg), "output_dir": str(tmp_path / "run2")})
+    train_policy(
+        cfg, policy_model=policy, callback=lambda step, p, record: own(step, p, record), **run
+    )
+    own_steps, own_shares = cv.read_trajectory(tmp_path / "own.jsonl")
+    assert own_steps.tolist() == [0, 2, 4, 5]
+    np.testing.assert_allclose(own_shares, shares, atol=1e-6)
+    _, own_average = cv.read_trajectory(tmp_path / "own.jsonl", key="average_shares")
+    np.testing.assert_allclose(own_average, average, atol=1e-6)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"step": 1}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl, line 1"):
         cv.read_trajectory(tmp_path / "bad.jsonl")

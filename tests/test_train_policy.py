@@ -366,7 +366,7 @@ def test_nlhf_train_command_end_to_end(tmp_path, tok):
 
 def test_bf16_mixed_precision_then_full_precision_in_one_process(tmp_path, tok):
     for precision in ("bf16", "no"):  # accelerate's process-wide state is reset between runs
-        cfg = base_cfg(tmp_path, steps=2, mixed_precision=precision)
+        cfg = base_cfg(tmp_path, steps=2, mixed_precision=precision, overwrite=True)
         out = train_policy(
             cfg, prompts=PROMPTS, judge=count_judge(), policy_model=make_lm(tok), tokenizer=tok
         )

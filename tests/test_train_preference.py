@@ -185,7 +185,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_config, monkeypatch)
     monkeypatch.setattr(preference, "evaluate_judge", crash)
     with pytest.raises(KeyboardInterrupt):
         train_preference(config(tmp_path / "resumed"), train=data)
-    state = json.loads((tmp_path / "resumed" / "checkpoint" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "resumed" / "checkpoint" / "nlhf_checkpoint.json").read_text())
     assert state["step"] == 3
     monkeypatch.setattr(preference, "evaluate_judge", real_evaluate)
     resumed = train_preference(config(tmp_path / "resumed", resume=True), train=data)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ __all__ = [
     "WEIGHT_FILES",
     "DTypeName",
     "check_causal_lm",
+    "check_weights",
+    "looks_like_hub_id",
     "load_causal_lm",
     "load_tokenizer",
     "stored_dtype",
@@ -113,26 +116,73 @@ def _check_weight_file(file: Path) -> None:
         torch.load(file, map_location="cpu", weights_only=True, mmap=True)
 
 
-def load_tokenizer(path: str | Path, what: str = "tokenizer"):
-    """``AutoTokenizer`` from ``path``, checked: it loads, has tokens and an EOS token."""
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def looks_like_hub_id(name: str | Path) -> bool:
+    """Whether ``name`` reads as a Hugging Face hub repository id (``org/name`` or ``name``)
+    rather than a local path: no leading ``/``, ``.`` or ``~``, at most one ``/``."""
+    text = str(name)
+    return bool(_HUB_ID.fullmatch(text)) and not text.endswith((".json", ".yaml", ".safetensors"))
+
+
+def load_tokenizer(
+    path: str | Path, what: str = "tokenizer", *, need_eos: bool = True, hub: bool = False
+):
+    """``AutoTokenizer`` from ``path``, checked: it loads and has tokens, and (``need_eos``) an
+    EOS token. ``hub=True`` lets a name that is not a local path but looks like a hub id
+    (:func:`looks_like_hub_id`) load from the Hugging Face hub."""
     from transformers import AutoTokenizer
 
     path = Path(path)
-    if not path.exists():
+    from_hub = hub and not path.exists() and looks_like_hub_id(path)
+    if not path.exists() and not from_hub:
         raise ValueError(f"{what} ({path}): does not exist")
-    files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    files = (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.json",
+        "tokenizer.model",
+        "vocab.txt",
+    )
     if path.is_dir() and not any((path / f).is_file() for f in files):
         raise ValueError(f"{what} ({path}): no tokenizer files ({', '.join(files)})")
     try:
         with quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as err:  # noqa: BLE001 - any failure means a bad tokenizer
-        raise ValueError(f"{what} ({path}): tokenizer does not load ({first_line(err)})") from None
+        where = " (not a local path; tried the Hugging Face hub)" if from_hub else ""
+        raise ValueError(
+            f"{what} ({path}): tokenizer does not load{where} ({first_line(err)})"
+        ) from None
     if len(tokenizer) == 0:
         raise ValueError(f"{what} ({path}): the tokenizer has an empty vocabulary")
-    if tokenizer.eos_token_id is None:
+    if need_eos and tokenizer.eos_token_id is None:
         raise ValueError(f"{what} ({path}): the tokenizer has no EOS token, so responses never end")
     return tokenizer
+
+
+def check_weights(path: str | Path, what: str) -> None:
+    """``path`` is a directory with a readable ``config.json`` and intact weight files
+    (safetensors header and size, shards, or a loadable ``.bin``); else a ``ValueError``
+    naming ``what``, the path and the file. Any architecture (causal LM or not)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{what} ({path}): checkpoint does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{what} ({path}): must be a directory (save_pretrained output)")
+    _read_config(path, what)
+    weights = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
+    weights += sorted(path.glob("model-*.safetensors"))
+    if not weights:
+        raise ValueError(f"{what} ({path}): no weights ({' or '.join(WEIGHT_FILES[::2])})")
+    for file in weights:
+        try:
+            _check_weight_file(file)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(
+                f"{what} ({path}): corrupted weight file {file.name} ({first_line(err)})"
+            ) from None
 
 
 def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = True) -> None:
@@ -174,17 +224,7 @@ def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = Tr
         raise ValueError(
             f"{what} ({path}): not a causal language model ({first_line(err)})"
         ) from None
-    weights = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
-    weights += sorted(path.glob("model-*.safetensors"))
-    if not weights:
-        raise ValueError(f"{what} ({path}): no weights ({' or '.join(WEIGHT_FILES[::2])})")
-    for file in weights:
-        try:
-            _check_weight_file(file)
-        except Exception as err:  # noqa: BLE001
-            raise ValueError(
-                f"{what} ({path}): corrupted weight file {file.name} ({first_line(err)})"
-            ) from None
+    check_weights(path, what)
     if tokenizer:
         tok = load_tokenizer(path, what)
         vocab = getattr(config, "vocab_size", None)

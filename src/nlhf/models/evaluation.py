@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from nlhf.data.schema import Comparison, as_text
+from nlhf.models.judge import judge_prob
 
 
 def expected_calibration_error(p: torch.Tensor, label: torch.Tensor, bins: int = 10) -> float:
@@ -44,8 +45,12 @@ def evaluate_judge(
     max_triples: int = 2000,
     seed: int = 0,
     prefix: str = "eval/",
+    what: str | None = None,
 ) -> dict[str, float]:
-    """Accuracy, log-loss, ECE, antisymmetry error and predicted cycles of ``judge``."""
+    """Accuracy, log-loss, ECE, antisymmetry error and predicted cycles of ``judge``; every
+    judge call goes through :func:`nlhf.models.judge.judge_prob`, its errors naming the judge
+    (``what``, e.g. ``"--judge runs/pm"``). ``accuracy`` and ``cycle_rate`` are NaN when
+    undefined (no non-tie label, no triple): ``nlhf.jsonio`` writes them as null."""
     if not comparisons:
         raise ValueError("evaluate_judge: no comparisons to evaluate on")
     # the judge reads prompts and responses as they are (chat lists through its template)
@@ -53,8 +58,8 @@ def evaluate_judge(
     a = [c.response_a for c in comparisons]
     b = [c.response_b for c in comparisons]
     label = torch.tensor([c.label for c in comparisons], dtype=torch.float64)
-    p_ab = judge.prob(prompts, a, b).double()  # (N,)
-    p_ba = judge.prob(prompts, b, a).double()  # (N,)
+    p_ab = judge_prob(judge, prompts, a, b, what=what).double()  # (N,)
+    p_ba = judge_prob(judge, prompts, b, a, what=what).double()  # (N,)
     decided = label != 0.5
     correct = (p_ab > 0.5) == (label > 0.5)
     p_clamped = p_ab.clamp(1e-7, 1 - 1e-7)
@@ -67,11 +72,11 @@ def evaluate_judge(
         "antisymmetry_error": float((p_ab + p_ba - 1).abs().max()),
         "mean_prob": float(p_ab.mean()),
     }
-    metrics.update(_cycles(judge, comparisons, max_triples, seed))
+    metrics.update(_cycles(judge, comparisons, max_triples, seed, what))
     return {prefix + k: v for k, v in metrics.items()}
 
 
-def _cycles(judge, comparisons, max_triples, seed) -> dict[str, float]:
+def _cycles(judge, comparisons, max_triples, seed, what) -> dict[str, float]:
     responses: dict[str, list[str]] = defaultdict(list)
     labels: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     raw = {}  # text key -> the prompt or response as given (text or chat list)
@@ -99,7 +104,7 @@ def _cycles(judge, comparisons, max_triples, seed) -> dict[str, float]:
         first += [y1, y2, y3]
         second += [y2, y3, y1]
     xs, first, second = ([raw[k] for k in keys] for keys in (xs, first, second))
-    p = judge.prob(xs, first, second).reshape(-1, 3)  # (n_triples, 3)
+    p = judge_prob(judge, xs, first, second, what=what).reshape(-1, 3)  # (n_triples, 3)
     cycles = int(((p > 0.5).all(-1) | (p < 0.5).all(-1)).sum())
     data_cycles = 0
     for x, y1, y2, y3 in triples:

@@ -77,7 +77,11 @@ def _call(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         with torch.no_grad():
             return fn(*args, **kwargs)
-    except JudgeError:
+    except JudgeError as err:  # from a wrapper inside (CallableJudge): under the fuller name
+        described = label.rsplit(" (", 1)[-1].removesuffix(")")
+        text = str(err)
+        if label != described and text.startswith(described + ":"):
+            raise JudgeError(label + text[len(described) :]) from err
         raise
     except Exception as err:
         raise _raised(label, err) from err
@@ -91,6 +95,23 @@ def check_judge_output(
     included: a judge parses its own verdicts), not ``n`` of them, NaN, outside [0, 1] beyond
     rounding (:data:`ROUNDING`), or with ``labels`` not exactly 0 or 1."""
     kind = "sampled labels" if labels else "probabilities"
+    t = _as_float64(values, n, what, kind)
+    bad = torch.isnan(t) | (t < -ROUNDING) | (t > 1 + ROUNDING)
+    if labels:
+        bad = bad | ((t != 0) & (t != 1))
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        value = float(f"{float(t[i]):.7g}")  # as written: 0.3, not its float32 0.30000001...
+        if labels:
+            raise JudgeError(f"{what}: returned label = {value!r} at index {i}, not 0 or 1")
+        raise JudgeError(
+            f"{what}: returned P = {value!r} at index {i}, not a probability in [0, 1]"
+        )
+    return t.clamp_(0.0, 1.0).float()
+
+
+def _as_float64(values: Any, n: int, what: str, kind: str) -> torch.Tensor:
+    """``values`` as a (n,) float64 CPU tensor, or a :class:`JudgeError` (not numbers, not n)."""
     if isinstance(values, str | bytes):
         raise JudgeError(
             f"{what}: returned {values!r:.40} (a {type(values).__name__}), not a sequence of "
@@ -131,19 +152,9 @@ def check_judge_output(
         t = torch.tensor(floats, dtype=torch.float64)
     if t.numel() != n:
         values_ = "value" if t.numel() == 1 else "values"
-        raise JudgeError(f"{what}: returned {t.numel()} {values_} for {n} pairs")
-    bad = torch.isnan(t) | (t < -ROUNDING) | (t > 1 + ROUNDING)
-    if labels:
-        bad = bad | ((t != 0) & (t != 1))
-    if bool(bad.any()):
-        i = int(torch.nonzero(bad)[0])
-        value = float(f"{float(t[i]):.7g}")  # as written: 0.3, not its float32 0.30000001...
-        if labels:
-            raise JudgeError(f"{what}: returned label = {value!r} at index {i}, not 0 or 1")
-        raise JudgeError(
-            f"{what}: returned P = {value!r} at index {i}, not a probability in [0, 1]"
-        )
-    return t.clamp_(0.0, 1.0).float()
+        items = "responses" if kind == "rewards" else "pairs"
+        raise JudgeError(f"{what}: returned {t.numel()} {values_} for {n} {items}")
+    return t
 
 
 def judge_prob(
@@ -214,6 +225,38 @@ def sample_labels(
     return check_judge_output(out, len(prompts), f"{label}.sample_labels", labels=True)
 
 
+def judge_reward(
+    judge: Any,
+    prompts: Sequence[Any],
+    responses: Sequence[str],
+    *,
+    what: str | None = None,
+) -> torch.Tensor:
+    """``judge.reward(prompts, responses)`` of a reward-model judge, checked like
+    :func:`judge_prob`: a (B,) float32 CPU tensor of finite numbers, errors naming the judge."""
+    label = _label(judge, what)
+    reward = getattr(judge, "reward", None)
+    if not callable(reward):
+        raise JudgeError(
+            f"{label}: has no .reward(prompts, responses) method; the RLHF baseline "
+            "(reward_model) needs a reward model"
+        )
+    if len(prompts) != len(responses):
+        raise ValueError(
+            f"judge needs equal batch sizes, got {len(prompts)} prompts, {len(responses)} responses"
+        )
+    if len(prompts) == 0:
+        return torch.zeros(0)
+    out = _call(label, reward, prompts, responses)
+    t = _as_float64(out, len(prompts), f"{label}.reward", "rewards")
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        value = float(t[i])
+        raise JudgeError(f"{label}.reward: returned {value} at index {i}, not a finite number")
+    return t.float()
+
+
 def _check_batch(prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> None:
     if not (len(prompts) == len(a) == len(b)):
         raise ValueError(
@@ -229,5 +272,6 @@ __all__ = [
     "check_judge_output",
     "describe_judge",
     "judge_prob",
+    "judge_reward",
     "sample_labels",
 ]

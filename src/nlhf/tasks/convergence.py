@@ -20,8 +20,9 @@ the categories (``G[i, j] = P(category i > category j)``). Paper §3-4 then give
 :class:`FeatureProbe` measures a policy's shares (exactly from the first-token distribution when
 each category is one leading token, otherwise by sampling and a feature function), and
 :class:`ConvergenceRecorder` is a ``train_policy`` callback that writes them every ``every``
-steps to a JSONL file. Distances: :func:`kl_to` (``KL(target, shares)``, the quantity of
-Theorem 1) and :func:`tv_to` (total variation); the last share is the mass on no category.
+steps to a JSONL file (and those of Nash-EMA-PG's averaged policy, which the trainer passes it).
+Distances: :func:`kl_to` (``KL(target, shares)``, the quantity of Theorem 1) and :func:`tv_to`
+(total variation); the last share is the mass on no category.
 """
 
 from __future__ import annotations
@@ -138,12 +139,14 @@ class FeatureProbe:
 
 
 class ConvergenceRecorder:
-    """A ``train_policy`` callback: every ``every`` steps (and at step ``last``) append
-    ``{"step": t, "shares": [...]}`` of the policy under ``probe`` to ``path``.
+    """A ``train_policy`` callback: at step 0 (the trainer calls it before the first update),
+    every ``every`` steps and at step ``last``, append ``{"step": t, "shares": [...]}`` of the
+    policy under ``probe`` to ``path``. With Nash-EMA-PG the trainer passes its averaged policy
+    (``alternative``), whose shares are recorded too (``"average_shares"``).
 
-    ``average`` (optional, an ``nlhf.sampling.EMAPolicy`` made from the initial policy) is
-    updated after every step like Nash-EMA-PG's averaged policy, and its shares are recorded
-    too (``"average_shares"``); with the trainer's decay it is the same average.
+    ``average`` (optional) is for callers that do not pass the trainer's ``alternative`` on: an
+    ``nlhf.sampling.EMAPolicy`` of the initial policy that the recorder updates after every step
+    like the trainer's (with the trainer's decay it is the same average).
     """
 
     def __init__(
@@ -159,25 +162,30 @@ class ConvergenceRecorder:
             raise ValueError(f"every must be >= 1, got {every}")
         self.probe, self.tokenizer, self.path = probe, tokenizer, Path(path)
         self.every, self.last, self.average = every, last, average
+        self._recorded: int | None = None  # the step last written (each step once)
 
-    def record(self, step: int, policy) -> dict:
-        """Measure ``policy`` (and the average) now and append the row; returns it."""
+    def record(self, step: int, policy, average=None) -> dict:
+        """Measure ``policy`` (and ``average``, default the recorder's own) now and append the
+        row; returns it."""
         row = {
             "step": step,
             "shares": [float(x) for x in self.probe.shares(policy, self.tokenizer)],
         }
-        if self.average is not None:
-            shares = self.probe.shares(self.average, self.tokenizer)
+        average = self.average if average is None else average
+        if average is not None:
+            shares = self.probe.shares(average, self.tokenizer)
             row["average_shares"] = [float(x) for x in shares]
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        self._recorded = step
         return row
 
-    def __call__(self, step: int, policy, record: dict | None = None) -> None:
-        if self.average is not None:
+    def __call__(self, step: int, policy, record: dict | None = None, alternative=None) -> None:
+        if self.average is not None and alternative is None and step > 0:
             self.average.update(policy)
-        if step % self.every == 0 or step == self.last:
-            self.record(step, policy)
+        due = step % self.every == 0 or step == self.last
+        if due and step != self._recorded:
+            self.record(step, policy, average=alternative)
 
 
 def read_trajectory(path: str | Path, key: str = "shares") -> tuple[np.ndarray, np.ndarray]:

@@ -17,16 +17,20 @@ indices ``>= n`` only. The alternative names the algorithm:
   ``theta_bar <- decay * theta_bar + (1 - decay) * theta``;
 - ``reward_model=True``: the RLHF baseline, ``r(x, y) - baseline`` in place of ``P - 1/2``.
 
-``model_free=True`` replaces ``P(y > y'|x)`` by a sampled 0/1 preference label.
+``model_free=True`` replaces ``P(y > y'|x)`` by a sampled 0/1 preference label. Which of the
+three scores the update uses is chosen once, before the loop (:func:`make_scorer`).
 
 One iteration (:func:`train_policy`, top to bottom):
 
-1. learning rate from the schedule; checkpoint every ``checkpoint_every`` steps;
+1. learning rate from the schedule;
 2. per micro-batch: sample ``y ~ pi_theta`` and ``y' ~ pi'`` (KV-cached, ``nlhf.sampling``);
-3. judge the decoded texts (the judge may use its own tokenizer): ``P(y > y'|x)`` or a label;
+3. score the decoded texts (the judge may use its own tokenizer): ``P(y > y'|x) - 1/2``, a
+   sampled label - 1/2, or a reward minus a baseline;
 4. advantages per token: ``A_n = P - 1/2 - tau * sum_{m >= n} log(pi/mu)(y_m)`` (detached);
 5. loss ``-sum_n A_n log pi_theta(y_n | .)``, averaged over the batch; accumulate gradients;
-6. clip the gradient norm, optimizer and scheduler step; EMA update; log.
+6. clip the gradient norm; stop on a non-finite loss or gradient norm; optimizer and scheduler
+   step; EMA update;
+7. log, callback, checkpoint every ``checkpoint_every`` steps (``nlhf.train.run``).
 
 Note on the fixed point: with a constant ``beta > 0`` the expected update is stationary where
 ``pi = argmax_pi E_{y~pi} P(y > pi^beta) - tau KL(pi, mu)``, which approaches the regularized
@@ -36,29 +40,28 @@ Nash equilibrium ``pi*_tau`` as ``beta -> 0`` (in the tabular Nash-MD, ``beta = 
 
 from __future__ import annotations
 
-import json
+import inspect
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
-from nlhf.config import save_yaml, to_dict
+from nlhf.config import to_dict
 from nlhf.data.prompts import load_prompts
 from nlhf.models.chat import is_chat
 from nlhf.models.checkpoint import (
     load_causal_lm,
     load_tokenizer,
+    quiet_loading,
     resolve_dtype,
     save_causal_lm,
     stored_dtype,
 )
-from nlhf.models.judge import Judge, sample_labels
+from nlhf.models.judge import Judge, judge_prob, judge_reward, sample_labels
 from nlhf.sampling import (
     AdaptersDisabled,
     EMAPolicy,
@@ -68,8 +71,23 @@ from nlhf.sampling import (
     generate_pair,
     token_logprobs,
 )
+from nlhf.train.run import (
+    RunDirectory,
+    check_finite_step,
+    check_finite_weights,
+    check_trackers,
+    lr_factor,
+    reset_accelerate_state,
+    shuffled_indices,
+)
 
-__all__ = ["PolicyTrainConfig", "train_policy", "load_prompts", "policy_gradient_loss"]
+__all__ = [
+    "PolicyTrainConfig",
+    "train_policy",
+    "load_prompts",
+    "make_scorer",
+    "policy_gradient_loss",
+]
 
 
 @dataclass
@@ -105,10 +123,11 @@ class PolicyTrainConfig:
     reward_model: bool = False
     """RLHF baseline: the judge is a reward model and r(x, y) - baseline replaces P(y > y') - 1/2"""
     reward_baseline: Literal["mean", "alternative", "none"] = "mean"
-    """RLHF baseline: leave-one-out batch mean of r, r(x, y') of the alternative's sample, or
-    none"""
+    """RLHF baseline (with reward_model only): leave-one-out batch mean of r, r(x, y') of the
+    alternative's sample, or none"""
     model_free: bool = False
-    """use a sampled 0/1 preference label instead of the probability P(y > y'|x)"""
+    """use a sampled 0/1 preference label instead of the probability P(y > y'|x) (not with
+    reward_model)"""
     steps: int = 100
     """number of optimizer steps"""
     batch_size: int = 16
@@ -157,7 +176,11 @@ class PolicyTrainConfig:
     checkpoint_every: int = 50
     """save a resumable checkpoint every N steps and at the end (0 = never)"""
     resume: bool = False
-    """continue from output_dir/checkpoint (bit-for-bit on the same device)"""
+    """continue the run in output_dir from its checkpoint (bit-for-bit on the same device);
+    only the fields listed in docs/train.md may change"""
+    overwrite: bool = False
+    """replace a run already in output_dir (and allow output_dir to be an input: training in
+    place)"""
     stop_after: int | None = None
     """stop this run after N steps (with a checkpoint), e.g. to fit a job time limit; continue
     later with --resume"""
@@ -197,6 +220,24 @@ class PolicyTrainConfig:
             raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.model_free and self.reward_model:
+            raise ValueError(
+                "model_free / reward_model: choose one; model_free samples a preference label, "
+                "reward_model scores each response with a reward"
+            )
+        if self.reward_baseline != "mean" and not self.reward_model:
+            raise ValueError(
+                f"reward_baseline: {self.reward_baseline!r} is used only with --reward-model "
+                "(the RLHF baseline)"
+            )
+
+    @property
+    def may_change(self) -> set[str]:
+        """Fields a ``--resume`` may change: logging, progress, checkpoint frequency, where to
+        stop this time, and the step budget when the learning rate does not depend on it (a
+        constant schedule)."""
+        fields = {"stop_after", "checkpoint_every", "log_every", "log_with", "progress"}
+        return fields | ({"steps"} if self.lr_schedule == "constant" else set())
 
     @property
     def mixture_beta(self) -> float:
@@ -280,18 +321,27 @@ def _float_dtype(model: torch.nn.Module, what: str) -> torch.dtype:
     return max(dtypes, key=lambda d: torch.finfo(d).bits)
 
 
-def _load_judge(cfg: PolicyTrainConfig, judge):
+def _load_judge(cfg: PolicyTrainConfig, judge) -> tuple[Judge, str | None]:
+    """The judge (``cfg.judge`` resolved unless an object is given) and the name its errors
+    carry (``--judge SPEC``; an object is named by its class)."""
+    what = None
     if judge is None:
         if cfg.judge is None:
             raise ValueError("judge: give a preference-model or reward-model directory (--judge)")
         from nlhf.models.judges import resolve_judge
 
-        judge = resolve_judge(cfg.judge, batch_size=cfg.judge_batch_size)
+        with quiet_loading():
+            judge = resolve_judge(cfg.judge, batch_size=cfg.judge_batch_size)
+        what = f"--judge {cfg.judge}"
+    name = what or "judge"
     if cfg.reward_model and not callable(getattr(judge, "reward", None)):
-        raise ValueError("reward_model: the judge has no .reward(prompts, responses) method")
+        raise ValueError(
+            f"reward_model: the {name} has no .reward(prompts, responses) method; the RLHF "
+            "baseline needs a reward model (nlhf train-preference --kind reward)"
+        )
     if not cfg.reward_model and not callable(getattr(judge, "prob", None)):
-        raise ValueError("judge: it has no .prob(prompts, a, b) method")
-    return judge
+        raise ValueError(f"{name}: it has no .prob(prompts, a, b) method")
+    return judge, what
 
 
 def _check_prompts(
@@ -349,78 +399,85 @@ def policy_gradient_loss(
     return loss, terms
 
 
-class _PromptStream:
-    """Shuffled passes over the prompts; every process takes its own slice of a global batch.
-    The position (epoch, cursor) is part of the checkpoint."""
-
-    def __init__(self, n: int, seed: int, rank: int, world: int):
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world
-        self.epoch, self.cursor = 0, 0
-
-    def _order(self) -> list[int]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=gen).tolist()
-
-    def next(self, k: int) -> list[int]:
-        picked: list[int] = []
-        order = self._order() if self.n > 1 else [0]
-        while len(picked) < k * self.world:
-            if self.cursor >= self.n:
-                self.epoch, self.cursor = self.epoch + 1, 0
-                order = self._order() if self.n > 1 else [0]
-            take = min(k * self.world - len(picked), self.n - self.cursor)
-            picked += order[self.cursor : self.cursor + take]
-            self.cursor += take
-        return picked[self.rank * k : (self.rank + 1) * k]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+# --------------------------------------------------------------------------------------------
+# the score: what takes the place of P(y > y'|x) - 1/2, chosen once before the loop
 
 
-class _TrainerState:
-    """Step counter, data position and this process's generator states (saved per process next
-    to accelerate's checkpoint, which holds the model, optimizer, scheduler, EMA, RNGs)."""
+class Scorer(Protocol):
+    """``scorer(prompts, y_texts, y_alt_texts) -> (score (B,), metrics)``; ``needs_alternative``
+    says whether it reads ``y'`` (otherwise no ``y'`` is sampled and ``y_alt_texts`` is None)."""
 
-    def __init__(self, stream: _PromptStream, generators: dict[str, torch.Generator]):
-        self.step = 0
-        self.stream = stream
-        self.generators = generators
+    needs_alternative: bool
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "stream": self.stream.state_dict(),
-            "generators": {k: g.get_state() for k, g in self.generators.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.stream.load_state_dict(state["stream"])
-        for k, g in self.generators.items():
-            g.set_state(state["generators"][k])
+    def __call__(
+        self, prompts: Sequence[Any], y: Sequence[str], y_alt: Sequence[str] | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
-def _lr_lambda(cfg: PolicyTrainConfig):
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        if cfg.lr_schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+@dataclass
+class PreferenceScore:
+    """``P(y > y'|x) - 1/2`` (Nash-MD-PG, Nash-EMA-PG, SP, BR; paper §6)."""
 
-    return factor
+    judge: Judge
+    what: str | None = None
+    needs_alternative: bool = True
+
+    def __call__(self, prompts, y, y_alt):
+        p = judge_prob(self.judge, prompts, y, y_alt, what=self.what)  # (B,)
+        return p - 0.5, {"pref/mean": p.mean()}
 
 
-def _leave_one_out_mean(x: torch.Tensor) -> torch.Tensor:
-    if x.numel() < 2:
-        return torch.zeros_like(x)
-    return (x.sum() - x) / (x.numel() - 1)
+@dataclass
+class LabelScore:
+    """A sampled 0/1 preference label minus 1/2 (the model-free variant, paper §6); the
+    generator is part of the checkpoint."""
+
+    judge: Judge
+    generator: torch.Generator
+    what: str | None = None
+    needs_alternative: bool = True
+
+    def __call__(self, prompts, y, y_alt):
+        label = sample_labels(
+            self.judge, prompts, y, y_alt, generator=self.generator, what=self.what
+        )  # (B,) in {0, 1}
+        return label - 0.5, {"pref/mean": label.mean()}
+
+
+@dataclass
+class RewardScore:
+    """``r(x, y) - b`` (the RLHF baseline): ``b`` = the leave-one-out batch mean of ``r``,
+    ``r(x, y')`` of the alternative's sample, or 0."""
+
+    judge: Any
+    baseline: Literal["mean", "alternative", "none"] = "mean"
+    what: str | None = None
+
+    @property
+    def needs_alternative(self) -> bool:
+        return self.baseline == "alternative"
+
+    def __call__(self, prompts, y, y_alt):
+        reward = judge_reward(self.judge, prompts, y, what=self.what)  # (B,)
+        if self.baseline == "alternative":
+            base = judge_reward(self.judge, prompts, y_alt, what=self.what)  # (B,)
+        elif self.baseline == "mean" and reward.numel() > 1:
+            base = (reward.sum() - reward) / (reward.numel() - 1)  # (B,) leave-one-out
+        else:
+            base = torch.zeros_like(reward)
+        return reward - base, {"reward/mean": reward.mean()}
+
+
+def make_scorer(
+    cfg: PolicyTrainConfig, judge: Judge, label_generator: torch.Generator, what: str | None
+) -> Scorer:
+    """The score of ``cfg``: a reward minus a baseline (``reward_model``), a sampled label
+    (``model_free``) or the preference probability."""
+    if cfg.reward_model:
+        return RewardScore(judge, cfg.reward_baseline, what)
+    if cfg.model_free:
+        return LabelScore(judge, label_generator, what)
+    return PreferenceScore(judge, what)
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,29 +492,38 @@ def train_policy(
     policy_model: torch.nn.Module | None = None,
     reference_model: torch.nn.Module | None = None,
     tokenizer=None,
-    callback: Callable[[int, torch.nn.Module, dict[str, float]], None] | None = None,
+    callback: Callable[..., None] | None = None,
 ) -> Path:
     """Train a policy (paper §6) and write ``cfg.output_dir``; returns that directory.
 
     ``prompts``/``judge`` override ``cfg.prompts``/``cfg.judge``; ``policy_model``,
     ``reference_model`` and ``tokenizer`` (Hugging Face objects) override the paths. The
-    reference defaults to a frozen copy of the initial policy. ``callback(step, policy, record)``
-    (optional) runs on the main process after every step with the unwrapped policy and the
-    step's metrics, e.g. for custom evaluation.
+    reference defaults to a frozen copy of the initial policy. ``callback(step, policy,
+    record)`` (optional) runs on the main process once before the first update (step 0,
+    ``record = {"step": 0}``) and after every step, with the unwrapped policy and the step's
+    metrics, e.g. for custom evaluation; a callback that takes an ``alternative`` keyword also
+    gets the EMA alternative policy (``alternative="ema"``; None otherwise).
+
+    Everything is checked before the output directory is touched (``nlhf.train.run``); a
+    ``--resume`` of a finished run does nothing.
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
     from tqdm.auto import tqdm
 
+    # --- inputs, all checked before anything is written ---
     out = Path(cfg.output_dir)
     policy, reference, tokenizer, save_dtype = _load_models(
         cfg, policy_model, reference_model, tokenizer
     )
-    prompts = list(prompts) if prompts is not None else load_prompts(cfg.prompts or "")
+    if prompts is None and cfg.prompts is None:
+        raise ValueError("prompts: give a prompt file (--prompts FILE)")
+    prompts = list(prompts) if prompts is not None else load_prompts(cfg.prompts)
     prompt_ids = _check_prompts(prompts, tokenizer, policy, cfg.max_new_tokens)
-    judge = _load_judge(cfg, judge)
+    judge, judge_name = _load_judge(cfg, judge)
+    check_trackers(cfg.log_with)
 
-    _reset_accelerate_state()
+    reset_accelerate_state()
     accelerator = Accelerator(
         cpu=cfg.cpu,
         mixed_precision=cfg.mixed_precision,
@@ -466,9 +532,28 @@ def train_policy(
     )
     device = accelerator.device
     is_main = accelerator.is_main_process
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
+    judge_path = cfg.judge if cfg.judge is not None and Path(cfg.judge).exists() else None
+    run = RunDirectory(
+        out, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
+        inputs={"policy": cfg.policy, "reference": cfg.reference, "tokenizer": cfg.tokenizer,
+                "judge": judge_path},
+        reads=[cfg.prompts], may_change=cfg.may_change, is_main=is_main,
+        barrier=accelerator.wait_for_everyone,
+    )  # fmt: skip
+    start = run.check(cfg.steps)
+    if run.finished is not None:
+        accelerator.print(
+            f"nothing to do: the run in {out} finished at step {run.finished.step} "
+            "(start a new one with --overwrite or another --output-dir)"
+        )
+        return out
+    reference_print = _fingerprint(reference) if reference is not None else None
+    if start is not None and start.extra.get("reference") not in (None, reference_print):
+        raise ValueError(
+            f"resume: the reference differs from the one the checkpoint in {start.path} was "
+            "trained with; pass the same --reference (or the same initial --policy when the "
+            "reference is its copy)"
+        )
     torch.manual_seed(cfg.seed)
 
     # --- models: policy (trained), reference mu (frozen), optional EMA alternative ---
@@ -494,7 +579,9 @@ def train_policy(
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
+    )
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     if reference is not None:
         reference.to(device)
@@ -511,66 +598,58 @@ def train_policy(
         ema = EMAPolicy(accelerator.unwrap_model(policy), decay=cfg.ema_decay).to(device)
         accelerator.register_for_checkpointing(ema)
 
-    # --- data order and random streams (all part of the checkpoint) ---
+    # --- random streams (part of the checkpoint; the data order is a function of the step) ---
     rank, world = accelerator.process_index, accelerator.num_processes
-    stream = _PromptStream(len(prompts), cfg.seed, rank, world)
-    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank)
-    label_gen = torch.Generator().manual_seed(cfg.seed * 104_729 + rank)
-    state = _TrainerState(stream, {"sample": sample_gen, "label": label_gen})
+    generators = {
+        "sample": torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank),
+        "label": torch.Generator().manual_seed(cfg.seed * 104_729 + rank),
+    }
     state_file = f"nlhf_state_rank{rank}.pt"  # per process: each rank has its own generators
-    checkpoint_dir = out / "checkpoint"
-    reference_print = _fingerprint(reference)
-    if cfg.resume:
-        if (checkpoint_dir / "nlhf_checkpoint.json").is_file():
-            saved = json.loads((checkpoint_dir / "nlhf_checkpoint.json").read_text())
-            if saved.get("reference") not in (None, reference_print):
-                raise ValueError(
-                    f"resume: the reference differs from the one the checkpoint in "
-                    f"{checkpoint_dir} was trained with; pass the same --reference (or the same "
-                    "initial --policy when the reference is its copy)"
-                )
-            accelerator.load_state(str(checkpoint_dir))
-            state.load_state_dict(torch.load(checkpoint_dir / state_file, weights_only=True))
-            accelerator.print(f"resumed from {checkpoint_dir} at step {state.step}")
-        else:
-            accelerator.print(f"--resume: no checkpoint in {checkpoint_dir}; starting afresh")
-    start_step = state.step
-    metrics_path = out / "metrics.jsonl"
-    if is_main:
-        _truncate_metrics(metrics_path, keep_through=start_step)
-    if cfg.log_with:
-        accelerator.init_trackers("nlhf-train", config=to_dict(cfg))
-        active = {getattr(t, "name", "") for t in accelerator.trackers}
-        missing = sorted(set(cfg.log_with) - active)
-        if is_main and missing:
-            raise ValueError(
-                f"log_with: tracker(s) {missing} are not available (not installed or unknown "
-                f"to accelerate); install them or drop them from --log-with"
-            )
+    scorer = make_scorer(cfg, judge, generators["label"], judge_name)
 
-    def save_checkpoint(step: int) -> None:
-        state.step = step
-        tmp = out / "checkpoint.tmp"
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        torch.save(state.state_dict(), tmp / state_file)
-        accelerator.wait_for_everyone()
-        if is_main:
-            marker = {"step": step, "reference": reference_print}
-            (tmp / "nlhf_checkpoint.json").write_text(json.dumps(marker) + "\n")
-            if checkpoint_dir.exists():
-                shutil.rmtree(checkpoint_dir)
-            os.replace(tmp, checkpoint_dir)
-        accelerator.wait_for_everyone()
+    def write_checkpoint(directory: Path) -> None:
+        accelerator.save_state(str(directory))
+        state = {"generators": {k: g.get_state() for k, g in generators.items()}}
+        torch.save(state, directory / state_file)
+
+    def write_final(directory: Path) -> None:
+        _save_policy(accelerator, policy, tokenizer, directory, save_dtype)
+        if ema is not None and is_main:
+            ema.save_pretrained(directory / "ema", tokenizer=tokenizer, dtype=save_dtype)
 
     micro_bs = cfg.batch_size // cfg.grad_accum
     beta_alt = cfg.mixture_beta
-    need_alternative = not (cfg.reward_model and cfg.reward_baseline != "alternative")
     # the reference scores y inside the sampling loop when it runs there anyway (a mixture with
-    # beta > 0): one more batch row per token instead of a second forward over prompt + y
-    score_in_loop = need_alternative and ema is None and beta_alt > 0
+    # beta > 0): one more batch row per token instead of a second forward over prompt + y. Not
+    # under mixed precision: there log(pi / mu) must come from one computation path (the same
+    # full forward for both), else half-precision rounding makes it nonzero at pi = mu.
+    score_in_loop = (
+        scorer.needs_alternative and ema is None and beta_alt > 0 and cfg.mixed_precision == "no"
+    )
     sample_kwargs = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    checks_grad = accelerator.scaler is None  # fp16's scaler skips overflowing steps itself
+    takes_alternative = _takes_alternative(callback)
+
+    def call_back(step: int, record: dict[str, float]) -> None:
+        if callback is not None and is_main:
+            extra = {"alternative": ema} if takes_alternative else {}
+            callback(step, accelerator.unwrap_model(policy), record, **extra)
+
+    # --- the run directory: lock, config.yaml, resume ---
+    run.open()
+    start_step = 0
+    if run.start is not None:
+        accelerator.load_state(str(run.start.path))
+        state = torch.load(run.start.path / state_file, weights_only=True)
+        for k, g in generators.items():
+            g.set_state(state["generators"][k])
+        start_step = run.start.step
+        accelerator.print(f"resumed from {run.start.path} at step {start_step}")
+    elif cfg.resume:
+        accelerator.print(f"resume: no complete checkpoint in {out} yet; starting at step 0")
     last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, start_step + cfg.stop_after)
+    if cfg.log_with:
+        accelerator.init_trackers("nlhf-train", config=to_dict(cfg))
     bar = tqdm(
         total=cfg.steps,
         initial=start_step,
@@ -578,14 +657,12 @@ def train_policy(
         desc=f"nlhf train ({cfg.alternative})",
         dynamic_ncols=True,
     )
-    metrics_file = open(metrics_path, "a") if is_main else None  # noqa: SIM115
     try:
+        if start_step == 0:
+            call_back(0, {"step": 0})
         for step in range(start_step, last_step):
-            # 1. learning rate (LambdaLR) and periodic checkpoint (before the step: a resumed run
-            #    re-enters here with the same state)
+            # 1. learning rate (LambdaLR)
             lr = scheduler.get_last_lr()[0]
-            if cfg.checkpoint_every and step > start_step and step % cfg.checkpoint_every == 0:
-                save_checkpoint(step)
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
 
@@ -593,51 +670,38 @@ def train_policy(
                 sums[name] = sums.get(name, 0.0) + float(value) / cfg.grad_accum
 
             for micro in range(cfg.grad_accum):
-                batch_index = stream.next(micro_bs)  # B = micro_bs prompt indices
+                # B = micro_bs prompts: this process's slice of the step's global batch
+                first = ((step * cfg.grad_accum + micro) * world + rank) * micro_bs
+                batch_index = shuffled_indices(len(prompts), cfg.seed, first, micro_bs)
                 batch_prompts = [prompts[i] for i in batch_index]
                 batch_ids = [prompt_ids[i] for i in batch_index]
 
                 # 2. sample y ~ pi_theta and y' ~ pi' (no gradient)
                 t_sample = time.perf_counter()
                 with torch.no_grad(), accelerator.autocast():
-                    if need_alternative:  # one sampling loop; the policy's rows are batched
+                    if scorer.needs_alternative:  # one sampling loop; the policy's rows batched
                         y, y_alt = generate_pair(
                             sampling_policy(), tokenizer, batch_prompts, reference=reference,
-                            beta=beta_alt, alternative=ema, generator=sample_gen,
+                            beta=beta_alt, alternative=ema, generator=generators["sample"],
                             prompt_token_ids=batch_ids, score_reference=score_in_loop,
                             **sample_kwargs,
                         )  # fmt: skip
                     else:  # RLHF with a batch-mean baseline: no y' needed
                         y_alt = None
                         y = generate(
-                            sampling_policy(), tokenizer, batch_prompts, generator=sample_gen,
-                            prompt_token_ids=batch_ids, **sample_kwargs,
+                            sampling_policy(), tokenizer, batch_prompts,
+                            generator=generators["sample"], prompt_token_ids=batch_ids,
+                            **sample_kwargs,
                         )  # fmt: skip
                 add("time/sample", time.perf_counter() - t_sample)
 
-                # 3. judge on decoded text (the judge may use its own tokenizer)
+                # 3. score the decoded texts (the judge may use its own tokenizer)
                 t_judge = time.perf_counter()
-                if cfg.reward_model:
-                    reward = judge.reward(batch_prompts, y.texts).float().reshape(-1)  # (B,)
-                    if cfg.reward_baseline == "alternative":
-                        baseline = judge.reward(batch_prompts, y_alt.texts).float().reshape(-1)
-                    elif cfg.reward_baseline == "mean":
-                        baseline = _leave_one_out_mean(reward)
-                    else:
-                        baseline = torch.zeros_like(reward)
-                    score = reward - baseline  # (B,)
-                    add("reward/mean", reward.mean())
-                elif cfg.model_free:
-                    label = sample_labels(
-                        judge, batch_prompts, y.texts, y_alt.texts, generator=label_gen
-                    ).float()  # (B,) in {0, 1}
-                    score = label - 0.5
-                    add("pref/mean", label.mean())
-                else:
-                    pref = judge.prob(batch_prompts, y.texts, y_alt.texts).float()  # (B,)
-                    score = pref - 0.5
-                    add("pref/mean", pref.mean())
+                alt_texts = None if y_alt is None else y_alt.texts
+                score, judged = scorer(batch_prompts, y.texts, alt_texts)  # (B,)
                 score = score.to(device)
+                for k, v in judged.items():
+                    add(k, v)
                 add("time/judge", time.perf_counter() - t_judge)
 
                 # 4. log-probs of y: the policy's with gradient (its entropy comes from the same
@@ -656,8 +720,7 @@ def train_policy(
                 # 5. advantages (reward-to-go KL) and the surrogate loss
                 mask = y.response_mask
                 loss, terms = policy_gradient_loss(logp, ref_logp, mask, score, cfg.tau)
-                last_micro = micro == cfg.grad_accum - 1
-                if last_micro:
+                if micro == cfg.grad_accum - 1:
                     accelerator.backward(loss / cfg.grad_accum)
                 else:
                     with accelerator.no_sync(policy):
@@ -672,55 +735,69 @@ def train_policy(
                 if y_alt is not None:
                     add("alternative/length", y_alt.lengths.float().mean())
 
-            # 6. clip, optimizer and scheduler step, EMA update
-            if cfg.max_grad_norm > 0:
-                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-            else:  # the norm for the log only (no temporaries of the gradients' size)
-                norms = [p.grad.norm() for p in policy.parameters() if p.grad is not None]
-                grad_norm = torch.stack(norms).norm() if norms else torch.zeros(())
+            # 6. clip (max_grad_norm 0: the norm only), stop on a non-finite loss or gradient
+            #    before it reaches the weights, optimizer and scheduler step, EMA update
+            max_norm = cfg.max_grad_norm or math.inf
+            grad_norm = accelerator.clip_grad_norm_(policy.parameters(), max_norm)
+            sums["grad/norm"] = float(grad_norm)
+            if world > 1:  # every process sees the same numbers (and stops together)
+                keys = sorted(sums)
+                values = torch.tensor([sums[k] for k in keys], device=device)
+                sums = dict(zip(keys, accelerator.reduce(values, "mean").tolist()))
+            checked = {"loss": sums["loss/total"]}
+            if checks_grad:
+                checked["grad_norm"] = sums["grad/norm"]
+            check_finite_step(step + 1, out, **checked)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(policy))
 
-            # 7. log
-            sums["grad/norm"] = float(grad_norm)
-            if world > 1:
-                keys = sorted(sums)
-                values = torch.tensor([sums[k] for k in keys], device=device)
-                sums = dict(zip(keys, accelerator.reduce(values, "mean").tolist()))
+            # 7. log, callback, checkpoint (a step is logged before it is checkpointed, so a
+            #    resumed run has every step in metrics.jsonl exactly once)
+            done = step + 1
             if "kl/ref" in sums:
                 base = sums.get("pref/mean", 0.5) - 0.5 if not cfg.reward_model else 0.0
                 sums["objective/regularized"] = base - cfg.tau * sums["kl/ref"]
-            record = {"step": step + 1, "lr": lr, **sums}
+            record = {"step": done, "lr": lr, **sums}
             record["time/step"] = time.perf_counter() - t0
-            if is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == last_step):
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+            if done % cfg.log_every == 0 or done == last_step:
+                run.log(record)
                 if cfg.log_with:
-                    accelerator.log(record, step=step + 1)
-            if callback is not None and is_main:
-                callback(step + 1, accelerator.unwrap_model(policy), record)
+                    accelerator.log(record, step=done)
+            call_back(done, record)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < last_step:
+                check_finite_weights(done, out, accelerator.unwrap_model(policy))
+                run.save_checkpoint(done, write_checkpoint, {"reference": reference_print})
             shown = {k: record[k] for k in ("pref/mean", "reward/mean", "kl/ref") if k in record}
             bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()}, refresh=False)
             bar.update(1)
+
+        # --- end: checkpoint, final policy (+ EMA) as standard Hugging Face checkpoints ---
+        if last_step > start_step:
+            check_finite_weights(last_step, out, accelerator.unwrap_model(policy))
+            if cfg.checkpoint_every or last_step < cfg.steps:
+                run.save_checkpoint(last_step, write_checkpoint, {"reference": reference_print})
+        if last_step == cfg.steps:
+            run.save_final(last_step, write_final)
+        if cfg.log_with:
+            accelerator.end_training()
     finally:
         bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-
-    # --- end: checkpoint, final policy (+ EMA) as standard Hugging Face checkpoints ---
-    if cfg.checkpoint_every or last_step < cfg.steps:
-        save_checkpoint(last_step)
-    if last_step == cfg.steps:
-        _save_policy(accelerator, policy, tokenizer, out, save_dtype)
-        if ema is not None and is_main:
-            ema.save_pretrained(out / "ema", tokenizer=tokenizer, dtype=save_dtype)
-    if cfg.log_with:
-        accelerator.end_training()
-    accelerator.wait_for_everyone()
+        run.close()
     return out
+
+
+def _takes_alternative(callback: Callable[..., None] | None) -> bool:
+    """Whether a callback accepts the ``alternative`` keyword (3-argument ones do not)."""
+    if callback is None:
+        return False
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "alternative" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 @torch.no_grad()
@@ -737,33 +814,6 @@ def _fingerprint(model: torch.nn.Module) -> str | None:
         t = p.detach().double()
         digest.update(f"{name}:{t.sum().item():.10e}:{(t * t).sum().item():.10e};".encode())
     return digest.hexdigest()[:16]
-
-
-def _reset_accelerate_state() -> None:
-    """Let one single-process Python session run several trainings with different settings
-    (e.g. mixed precision): accelerate keeps a process-wide state that otherwise refuses to
-    change. Never touched under a distributed launch."""
-    from accelerate.state import AcceleratorState
-
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and AcceleratorState._shared_state:
-        AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def _truncate_metrics(path: Path, keep_through: int) -> None:
-    """On resume, drop metric lines of steps after the checkpoint (they will be redone)."""
-    if not path.is_file():
-        return
-    if keep_through == 0:
-        path.unlink()
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= keep_through:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue
-    path.write_text("".join(k + "\n" for k in kept))
 
 
 def _save_policy(accelerator, policy, tokenizer, out: Path, dtype: torch.dtype) -> None:

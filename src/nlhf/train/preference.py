@@ -19,11 +19,12 @@ the final model is written in ``save_dtype`` (default: the backbone's stored dty
 resumable checkpoint in float32.
 
 Every ``eval_every`` steps and at the end: evaluate on the held-out prompts (accuracy, log-loss,
-ECE, antisymmetry error, predicted cycles); every ``save_every`` steps: a resumable checkpoint.
+ECE, antisymmetry error, predicted cycles); every ``save_every`` steps and at the end: a
+resumable checkpoint. A non-finite loss or gradient norm stops the run before the update.
 
-Outputs in ``output_dir``: the model (standard HF checkpoint + tokenizer + ``nlhf_model.json``),
-``eval.json`` (final metrics), ``metrics.jsonl`` (one JSON per logged step), ``config.yaml``,
-``checkpoint/`` (for ``resume``).
+Outputs in ``output_dir`` (written through ``nlhf.train.run``): the model (standard HF checkpoint
++ tokenizer + ``nlhf_model.json``), ``eval.json`` (final metrics), ``metrics.jsonl`` (one JSON
+per logged step), ``config.yaml``, ``checkpoint/`` (for ``resume``), ``nlhf_finished.json``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -42,13 +41,20 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from nlhf.config import save_yaml
 from nlhf.data import (
     Comparison,
     as_text,
     drop_shared_prompts,
     load_comparisons,
     split_by_prompt,
+)
+from nlhf.jsonio import write_json
+from nlhf.models.checkpoint import (
+    check_weights,
+    first_line,
+    load_tokenizer,
+    looks_like_hub_id,
+    quiet_loading,
 )
 from nlhf.models.evaluation import evaluate_judge
 from nlhf.models.judges import make_judge
@@ -59,6 +65,14 @@ from nlhf.models.preference import (
     num_labels_for,
     pretrained_backbone,
     random_backbone,
+)
+from nlhf.train.run import (
+    RunDirectory,
+    check_finite_step,
+    check_finite_weights,
+    lr_factor,
+    reset_accelerate_state,
+    shuffled_indices,
 )
 
 
@@ -86,6 +100,9 @@ class PreferenceTrainConfig:
     eval_fraction: float = 0.1
     """share of distinct prompts held out for evaluation when neither eval_data nor eval_split is
     given (0 = no evaluation)"""
+    allow_shared_eval_prompts: bool = False
+    """evaluate on eval comparisons whose prompt also occurs in the training data (by default
+    they are dropped, and an eval set made only of such prompts is an error)"""
     skip_invalid: bool = False
     """drop invalid rows (counted and reported) instead of stopping at the first"""
     output_dir: Path = Path("runs/preference")
@@ -121,7 +138,7 @@ class PreferenceTrainConfig:
     weight_decay: float = 0.0
     """AdamW weight decay"""
     warmup_steps: int = 0
-    """linear learning-rate warm-up steps (then linear decay to 0)"""
+    """linear learning-rate warm-up steps (then linear decay to 0 at the last step)"""
     max_grad_norm: float = 1.0
     """gradient clipping norm (0 = no clipping)"""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
@@ -143,7 +160,12 @@ class PreferenceTrainConfig:
     max_triples: int = 2000
     """evaluation: at most this many response triples checked for predicted cycles"""
     resume: bool = False
-    """continue from output_dir/checkpoint if it exists"""
+    """continue the run in output_dir from its checkpoint (bit-for-bit on the same device); only
+    the fields listed in docs/train-preference.md may change"""
+    overwrite: bool = False
+    """replace a run already in output_dir (and allow output_dir to be an input)"""
+    progress: bool = True
+    """show a progress bar"""
     seed: int = 0
     """seed for initialisation, data order and the train/eval split"""
 
@@ -172,6 +194,15 @@ class PreferenceTrainConfig:
         if self.model is not None and self.random_init is not None:
             raise ValueError("model / random_init: give one of them, not both")
         num_labels_for(self.kind, self.embedding_dim)  # validates embedding_dim
+
+    @property
+    def may_change(self) -> set[str]:
+        """Fields a ``--resume`` may change: evaluation, checkpoint and logging frequency, the
+        evaluation's batch size and triples, progress. Not the step budget: the learning rate
+        decays to 0 at the last step."""
+        return {"eval_every", "save_every", "log_every", "eval_batch_size", "max_triples"} | {
+            "progress"
+        }
 
 
 # ----------------------------------------------------------------------------- data
@@ -217,27 +248,57 @@ def _load_data(
         else:
             evals = []
     evals = list(evals)
-    evals, dropped = drop_shared_prompts(train, evals)
-    if dropped:
-        say(f"dropped {dropped} eval comparisons whose prompt is also in the training data")
+    if not cfg.allow_shared_eval_prompts:
+        kept, dropped = drop_shared_prompts(train, evals)
+        if evals and not kept:
+            source = cfg.eval_data or (f"split {cfg.eval_split!r}" if cfg.eval_split else "eval")
+            raise ValueError(
+                f"eval_data: every one of the {len(evals)} eval comparisons ({source}) has a "
+                "prompt that also occurs in the training data, so nothing would be held out; "
+                "give eval comparisons on other prompts, or pass --allow-shared-eval-prompts "
+                "to evaluate on them anyway"
+            )
+        if dropped:
+            say(f"dropped {dropped} eval comparisons whose prompt is also in the training data")
+        evals = kept
     if not train:
         raise ValueError("data: no training comparisons left")
     return train, evals
 
 
 def _build_model(cfg: PreferenceTrainConfig, train: list[Comparison]) -> ScoringModel:
-    from transformers import AutoTokenizer
-
+    """The model to train: a new head on the ``model`` checkpoint (checked: the path exists or
+    is a hub name, the weight files are intact, the tokenizer loads and fits the backbone's
+    vocabulary), or a random backbone from ``random_init``."""
     from nlhf.models.tokenizer import build_tokenizer
 
     num_labels = num_labels_for(cfg.kind, cfg.embedding_dim)
     cls = MODEL_CLASSES[cfg.kind]
     if cfg.model is not None:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model)
-        backbone = pretrained_backbone(cfg.model, num_labels)
+        local = Path(cfg.model).exists() or not looks_like_hub_id(cfg.model)
+        if local:  # a hub name is only tried for what is not a path and looks like one
+            check_weights(cfg.model, "model")
+        what = "tokenizer" if cfg.tokenizer else "model"
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, what, need_eos=False, hub=True)
+        where = "" if local else " (not a local path; tried the Hugging Face hub)"
+        try:
+            with quiet_loading():
+                backbone = pretrained_backbone(cfg.model, num_labels)
+        except ValueError as err:
+            raise ValueError(f"{first_line(err)}{where}") from None
+        except Exception as err:  # noqa: BLE001 - any failure is a checkpoint that does not load
+            raise ValueError(
+                f"model ({cfg.model}): cannot load{where} ({first_line(err)})"
+            ) from None
+        vocab = backbone.config.vocab_size
+        if isinstance(vocab, int) and len(tokenizer) > vocab:
+            raise ValueError(
+                f"{what} ({cfg.tokenizer or cfg.model}): the tokenizer has {len(tokenizer)} "
+                f"tokens but the model's vocabulary has only {vocab}"
+            )
     elif cfg.random_init is not None:
         if cfg.tokenizer is not None:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+            tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer", need_eos=False, hub=True)
         else:
             texts = []
             for c in train:
@@ -251,24 +312,6 @@ def _build_model(cfg: PreferenceTrainConfig, train: list[Comparison]) -> Scoring
     return cls(backbone, tokenizer, max_length=cfg.max_length)
 
 
-class _Stream:
-    """Sample indices of a per-epoch shuffled stream: sample ``k`` is deterministic given seed,
-    so a resumed run sees exactly the batches it would have seen."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._perms = n, seed, {}
-
-    def __call__(self, start: int, count: int) -> list[int]:
-        out = []
-        for k in range(start, start + count):
-            epoch, pos = divmod(k, self.n)
-            if epoch not in self._perms:
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-                self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}
-            out.append(self._perms[epoch][pos])
-        return out
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -280,17 +323,19 @@ def train_preference(
     """Train the model of ``cfg.kind``; write ``cfg.output_dir``; return the final metrics.
 
     ``train`` / ``eval``: comparisons in memory instead of ``cfg.data`` / ``cfg.eval_data``.
+    Everything is checked before the output directory is touched (``nlhf.train.run``); a
+    ``--resume`` of a finished run returns its metrics and does nothing else.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
 
+    # --- inputs, all checked before anything is written ---
     mixed = cfg.mixed_precision
     if mixed == "auto":
         use_gpu = torch.cuda.is_available() and not cfg.cpu
         mixed = "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "no"
-    _reset_accelerate_state()
+    reset_accelerate_state()
     accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.cpu)
     is_main = accelerator.is_main_process
 
@@ -300,20 +345,33 @@ def train_preference(
 
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    ckpt = out / "checkpoint"
     train, evals = _load_data(cfg, train, eval, say)
-
-    resuming = cfg.resume and (ckpt / "trainer_state.json").is_file()
-    if cfg.resume and not resuming:
-        say(f"resume: no checkpoint in {ckpt}; starting from scratch")
-    if resuming:
-        model = load_model(ckpt / "model")
-        if model.kind != cfg.kind:
-            raise ValueError(
-                f"resume: checkpoint in {ckpt} is a {model.kind} model, not {cfg.kind}"
-            )
+    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
+    world = accelerator.num_processes
+    micro = cfg.batch_size // cfg.grad_accum
+    if micro % world:
+        raise ValueError(
+            f"batch_size: {cfg.batch_size} / grad_accum {cfg.grad_accum} = {micro} comparisons per "
+            f"micro-batch is not divisible by the {world} processes"
+        )
+    per_process, rank = micro // world, accelerator.process_index
+    local = {name: path for name in ("model", "tokenizer") if (path := getattr(cfg, name))}
+    run = RunDirectory(
+        out, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
+        inputs={k: v for k, v in local.items() if Path(v).exists()},
+        reads=[cfg.data, cfg.eval_data, cfg.random_init], may_change=cfg.may_change,
+        is_main=is_main, barrier=accelerator.wait_for_everyone,
+    )  # fmt: skip
+    start = run.check(total_steps)
+    if run.finished is not None:
+        say(
+            f"nothing to do: the run in {out} finished at step {run.finished.step} "
+            "(start a new one with --overwrite or another --output-dir)"
+        )
+        return _read_metrics(out / "eval.json")
+    if start is not None:  # the checkpoint's own model and tokenizer; weights restored below
+        model = load_model(start.path / "model")
         model.max_length = min(model.max_length, cfg.max_length)
-        model.train()
     else:
         model = _build_model(cfg, train)
     save_dtype = _save_dtype(cfg)
@@ -324,16 +382,6 @@ def train_preference(
         [c.prompt for c in train], [c.response_a for c in train], [c.response_b for c in train]
     )
     labels = torch.tensor([c.label for c in train], dtype=torch.float32)
-
-    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
-    world = accelerator.num_processes
-    micro = cfg.batch_size // cfg.grad_accum
-    if micro % world:
-        raise ValueError(
-            f"batch_size: {cfg.batch_size} / grad_accum {cfg.grad_accum} = {micro} comparisons per "
-            f"micro-batch is not divisible by the {world} processes"
-        )
-    per_process = micro // world
 
     no_decay = ("bias", "norm", "ln_")
     groups = [
@@ -351,62 +399,39 @@ def train_preference(
         },
     ]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, cfg.warmup_steps, "linear")
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    start_step = 0
-    if resuming:
-        accelerator.load_state(str(ckpt / "state"))
-        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-        say(f"resumed from {ckpt} at step {start_step}")
+    checks_grad = accelerator.scaler is None  # fp16's scaler skips overflowing steps itself
 
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
-    log_path = out / "metrics.jsonl"
-    if is_main and log_path.exists():
-        # a fresh run starts a new log; a resumed one drops what came after its checkpoint
-        kept = []
-        if resuming:
-            for line in log_path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= start_step:
-                        kept.append(line + "\n")
-                except json.JSONDecodeError:
-                    continue
-        log_path.write_text("".join(kept))
-
-    def log(row: dict) -> None:
-        if is_main:
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
-    def run_eval(step: int) -> dict[str, float]:
+    def run_eval(step: int, log: bool = True) -> dict[str, float]:
         if not evals:
             return {}
         unwrapped = accelerator.unwrap_model(model)
         judge = make_judge(unwrapped, accelerator.device, cfg.eval_batch_size)
-        metrics = evaluate_judge(judge, evals, cfg.max_triples, cfg.seed)
+        what = f"the {cfg.kind} model in training"
+        metrics = evaluate_judge(judge, evals, cfg.max_triples, cfg.seed, what=what)
         unwrapped.train()
-        log({"step": step, **metrics})
+        if log:
+            run.log({"step": step, **metrics})
         return metrics
 
-    def save_checkpoint(step: int) -> None:
-        accelerator.wait_for_everyone()
-        tmp = out / "checkpoint.tmp"
+    def write_checkpoint(directory: Path) -> None:
         if is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            accelerator.unwrap_model(model).save_pretrained(tmp / "model")
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp / "state"))
-        accelerator.wait_for_everyone()
-        if is_main:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
-            shutil.rmtree(ckpt, ignore_errors=True)
-            tmp.rename(ckpt)
-        accelerator.wait_for_everyone()
+            accelerator.unwrap_model(model).save_pretrained(directory / "model")
+        accelerator.save_state(str(directory / "state"))
 
-    stream = _Stream(len(train), cfg.seed)
+    # --- the run directory: lock, config.yaml, resume ---
+    run.open()
+    start_step = 0
+    if run.start is not None:
+        accelerator.load_state(str(run.start.path / "state"))
+        start_step = run.start.step
+        say(f"resumed from {run.start.path} at step {start_step}")
+    elif cfg.resume:
+        say(f"resume: no complete checkpoint in {out} yet; starting at step 0")
     model.train()
     t0 = time.perf_counter()
     window_loss, window_acc, window_n = 0.0, 0.0, 0
@@ -416,69 +441,101 @@ def train_preference(
         initial=start_step,
         total=total_steps,
         desc=f"train {cfg.kind}",
-        disable=not is_main,
+        disable=not (is_main and cfg.progress),
         dynamic_ncols=True,
     )
-    eval_metrics: dict[str, float] = {}
-    for step in bar:
-        for m in range(cfg.grad_accum):
-            first = (step * cfg.grad_accum + m) * micro + accelerator.process_index * per_process
-            idx = stream(first, per_process)
-            batch = accelerator.unwrap_model(model).collate([encoded[i] for i in idx])
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            target = labels[idx].to(accelerator.device)
-            sync = m == cfg.grad_accum - 1
-            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
-            with ctx:
-                d = model(**batch)  # (B,)
-                loss = F.binary_cross_entropy_with_logits(d.float(), target)
-                accelerator.backward(loss / cfg.grad_accum)
-            window_loss += float(loss.detach())
-            window_acc += float((((d > 0) == (target > 0.5)) | (target == 0.5)).float().mean())
-            window_n += 1
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == total_steps:
-            last_train = {
-                "train/loss": window_loss / window_n,
-                "train/accuracy": window_acc / window_n,
-                "train/lr": scheduler.get_last_lr()[0],
-            }
-            log({"step": done, **last_train, "time/elapsed_s": time.perf_counter() - t0})
-            bar.set_postfix(loss=f"{last_train['train/loss']:.4f}")
-            window_loss, window_acc, window_n = 0.0, 0.0, 0
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
-            eval_metrics = run_eval(done)
-            if eval_metrics:
-                bar.set_postfix(
-                    loss=f"{last_train.get('train/loss', float('nan')):.4f}",
-                    eval_acc=f"{eval_metrics['eval/accuracy']:.3f}",
-                )
-        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-            save_checkpoint(done)
-    bar.close()
-    train_seconds = time.perf_counter() - t0
+    try:
+        for step in bar:
+            # 1-3. this process's share of the step's comparisons, per micro-batch: both orders
+            #      of every pair in one forward, soft-label cross-entropy, backward
+            step_loss = 0.0
+            for m in range(cfg.grad_accum):
+                first = (step * cfg.grad_accum + m) * micro + rank * per_process
+                idx = shuffled_indices(len(train), cfg.seed, first, per_process)
+                batch = accelerator.unwrap_model(model).collate([encoded[i] for i in idx])
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                target = labels[idx].to(accelerator.device)
+                sync = m == cfg.grad_accum - 1
+                ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+                with ctx:
+                    d = model(**batch)  # (B,)
+                    loss = F.binary_cross_entropy_with_logits(d.float(), target)
+                    accelerator.backward(loss / cfg.grad_accum)
+                step_loss += float(loss.detach()) / cfg.grad_accum
+                window_loss += float(loss.detach())
+                window_acc += float((((d > 0) == (target > 0.5)) | (target == 0.5)).float().mean())
+                window_n += 1
+            # 4. clip (max_grad_norm 0: the norm only), stop on a non-finite loss or gradient
+            #    before it reaches the weights, AdamW, schedule
+            max_norm = cfg.max_grad_norm or math.inf
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+            checked = torch.tensor([step_loss, grad_norm if checks_grad else 0.0])
+            if world > 1:  # every process stops together
+                checked = accelerator.reduce(checked.to(accelerator.device), "mean").cpu()
+            check_finite_step(step + 1, out, loss=checked[0], grad_norm=checked[1])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            # 5. log, evaluate, checkpoint (a step is logged before it is checkpointed)
+            if done % cfg.log_every == 0 or done == total_steps:
+                last_train = {
+                    "train/loss": window_loss / window_n,
+                    "train/accuracy": window_acc / window_n,
+                    "train/lr": scheduler.get_last_lr()[0],
+                }
+                run.log({"step": done, **last_train, "time/elapsed_s": time.perf_counter() - t0})
+                bar.set_postfix(loss=f"{last_train['train/loss']:.4f}")
+                window_loss, window_acc, window_n = 0.0, 0.0, 0
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
+                eval_metrics = run_eval(done)
+                if eval_metrics:
+                    bar.set_postfix(
+                        loss=f"{last_train.get('train/loss', float('nan')):.4f}",
+                        eval_acc=f"{eval_metrics['eval/accuracy']:.3f}",
+                    )
+            if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+                check_finite_weights(done, out, accelerator.unwrap_model(model))
+                run.save_checkpoint(done, write_checkpoint)
+        bar.close()
+        train_seconds = time.perf_counter() - t0
 
-    save_checkpoint(total_steps)
-    eval_metrics = run_eval(total_steps)
-    metrics = {
-        **last_train,
-        **eval_metrics,
-        "train/steps": float(total_steps),
-        "train/comparisons": float(len(train)),
-        "eval/comparisons": float(len(evals)),
-        "time/train_s": train_seconds,
-    }
-    if is_main:  # training is over: the weights go out in the dtype asked for
-        accelerator.unwrap_model(model).to(save_dtype).save_pretrained(out)
-        (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+        # --- end: evaluation, checkpoint, then the model and eval.json ---
+        if total_steps > start_step:
+            eval_metrics = run_eval(total_steps)
+            check_finite_weights(total_steps, out, accelerator.unwrap_model(model))
+            run.save_checkpoint(total_steps, write_checkpoint)
+        else:  # resumed from the last checkpoint: its evaluation was logged before it
+            eval_metrics = run_eval(total_steps, log=False)
+        metrics = {
+            **last_train,
+            **eval_metrics,
+            "train/steps": float(total_steps),
+            "train/comparisons": float(len(train)),
+            "eval/comparisons": float(len(evals)),
+            "time/train_s": train_seconds,
+        }
+
+        def write_final(directory: Path) -> None:
+            if is_main:  # training is over: the weights go out in the dtype asked for
+                accelerator.unwrap_model(model).to(save_dtype).save_pretrained(directory)
+                write_json(directory / "eval.json", metrics)
+
+        run.save_final(total_steps, write_final)
+        accelerator.end_training()
+    finally:
+        bar.close()
+        run.close()
     return metrics
+
+
+def _read_metrics(path: Path) -> dict[str, float]:
+    """A finished run's ``eval.json`` (null read back as NaN)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: math.nan if v is None else float(v) for k, v in data.items()}
 
 
 def _save_dtype(cfg: PreferenceTrainConfig) -> torch.dtype:
@@ -497,13 +554,3 @@ def _save_dtype(cfg: PreferenceTrainConfig) -> torch.dtype:
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."), None)
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
-
-
-def _reset_accelerate_state() -> None:
-    """Let one single-process Python session run several trainings with different settings
-    (accelerate keeps a process-wide state that otherwise refuses to change, e.g. mixed
-    precision). Never touched under a distributed launch."""
-    from accelerate.state import AcceleratorState
-
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and AcceleratorState._shared_state:
-        AcceleratorState._reset_state(reset_partial_state=True)

@@ -16,15 +16,18 @@ Examples:
       --tokenizer-kind word --steps 20 --output-dir runs/tiny
 
 Outputs in --output-dir: the model (HF checkpoint + tokenizer + nlhf_model.json, load it with
-nlhf.models.load_judge), eval.json, metrics.jsonl, config.yaml, checkpoint/ (for --resume).
+nlhf.models.load_judge), eval.json, metrics.jsonl, config.yaml, checkpoint/ (for --resume),
+nlhf_finished.json (written last). An --output-dir that holds a run needs --resume (continue it;
+a finished run is left as it is) or --overwrite (replace it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
 from nlhf.config import add_config_arguments, config_from_args
+from nlhf.jsonio import dumps
 from nlhf.train.preference import PreferenceTrainConfig, train_preference
 
 
@@ -34,7 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(PreferenceTrainConfig, args)
-    metrics = train_preference(cfg)
-    print(json.dumps({k: round(v, 6) for k, v in metrics.items()}, indent=2))
+    try:
+        metrics = train_preference(cfg)
+    except FileNotFoundError:
+        raise  # a missing input: bad input (exit 2)
+    except OSError as err:  # e.g. disk full while saving: the message says what was kept
+        print(f"nlhf train-preference: error: {err.strerror or err}", file=sys.stderr)
+        return 1
+    print(dumps({k: round(v, 6) for k, v in metrics.items()}, indent=2))  # NaN as null
     print(f"model written to {cfg.output_dir}")
     return 0

@@ -7,7 +7,10 @@
    path is not a file, it is not one of the run's inputs (training in place), it holds no other
    run unless ``--resume`` or ``--overwrite`` is given, and on ``--resume`` the checkpoint's
    stored configuration matches the new one except for the fields that may change (the step
-   budget, logging); it returns the checkpoint to resume from.
+   budget, logging), and the checkpoint is not beyond the run's step budget; it returns the
+   checkpoint to resume from (none when the run was stopped before its first checkpoint: it
+   starts again, if its ``config.yaml`` matches). A finished run resumed with the same settings
+   sets :attr:`RunDirectory.finished`: there is nothing to do.
 2. :meth:`RunDirectory.open` takes an exclusive lock (``.nlhf-run.lock``, released by the OS
    when the process dies, so a killed run never blocks the next), clears an overwritten run,
    writes ``config.yaml`` and truncates ``metrics.jsonl`` to the resumed step.
@@ -17,22 +20,35 @@
    At every moment a complete checkpoint exists under one of the three names, and
    :func:`find_checkpoint` picks the newest complete one; a failed write (e.g. disk full) leaves
    the previous checkpoint as it was.
-4. :meth:`RunDirectory.log` appends one metrics record per line, non-finite numbers as ``null``.
-5. :meth:`RunDirectory.close` releases the lock.
+4. :meth:`RunDirectory.log` appends one metrics record per line, non-finite numbers as ``null``;
+   a trainer logs a step before it checkpoints that step, so after a kill and ``--resume``
+   every step is in ``metrics.jsonl`` exactly once.
+5. :meth:`RunDirectory.save_final` writes the finished model into ``.final.new/``, moves its
+   files into the output directory one atomic rename each, and only then writes
+   ``nlhf_finished.json`` (the step and the config): a kill before that leaves the run
+   unfinished and its checkpoint in place, and ``--resume`` writes the model again.
+6. :meth:`RunDirectory.close` releases the lock.
 
 The module also holds the pieces every trainer shares: the learning-rate schedule
 (:func:`lr_factor`), the resumable shuffled index stream (:func:`shuffled_indices`), the finite
-check of a step (:func:`check_finite_step`) and the reset of accelerate's process-wide state.
+checks of a step and of the weights (:func:`check_finite_step`, :func:`check_finite_weights`),
+the check of ``--log-with`` trackers and the reset of accelerate's process-wide state.
+
+Testing only: the environment variable ``NLHF_TEST_PAUSE=<point>@<step>:<file>`` makes the
+process create ``<file>`` and sleep at one point of a save (see :data:`PAUSE_POINTS`), so that a
+test can kill it exactly there (``tests/test_faults_train.py``). Never set it otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +57,7 @@ import torch
 
 from nlhf.config import save_yaml, to_dict
 from nlhf.jsonio import dumps, write_json
+from nlhf.models.checkpoint import first_line
 
 __all__ = [
     "Checkpoint",
@@ -48,7 +65,10 @@ __all__ = [
     "RunDirectory",
     "check_finite_config",
     "check_finite_step",
+    "check_finite_weights",
+    "check_trackers",
     "find_checkpoint",
+    "find_finished",
     "lr_factor",
     "reset_accelerate_state",
     "shuffled_indices",
@@ -59,8 +79,33 @@ MARKER = "nlhf_checkpoint.json"  # written last: a checkpoint directory without 
 LOCK = ".nlhf-run.lock"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
+FINISHED = "nlhf_finished.json"  # written after the final model: the run is complete
+FINAL_TMP = ".final.new"
 # what a run directory may hold that marks it as a run (for the refuse-unless-overwrite check)
-_RUN_FILES = (CONFIG, METRICS, CHECKPOINT, f"{CHECKPOINT}.new", f"{CHECKPOINT}.old")
+_RUN_FILES = (CONFIG, METRICS, FINISHED, CHECKPOINT, f"{CHECKPOINT}.new", f"{CHECKPOINT}.old")
+
+PAUSE_ENV = "NLHF_TEST_PAUSE"
+PAUSE_POINTS = (
+    "checkpoint-written",  # the checkpoint's files are in checkpoint.new/, its marker is not
+    "checkpoint-marked",  # checkpoint.new/ is complete, the swap has not started
+    "checkpoint-swapping",  # checkpoint/ was renamed to checkpoint.old/, checkpoint.new/ not yet in
+    "final-written",  # the final model is in .final.new/, nothing moved into place yet
+    "final-moving",  # the first of the final model's files has been moved into place
+)
+"""Where ``NLHF_TEST_PAUSE`` can stop a save (tests only)."""
+
+
+def _test_pause(point: str, step: int) -> None:
+    """Tests only: sleep here when ``NLHF_TEST_PAUSE`` is ``<point>@<step>:<file>``, after
+    creating ``<file>`` so that the test knows when to kill the process."""
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    where, _, flag = spec.partition(":")
+    if where != f"{point}@{step}":
+        return
+    Path(flag).write_text(str(os.getpid()))
+    time.sleep(3600)
 
 
 class NonFiniteError(ValueError):
@@ -105,6 +150,19 @@ def find_checkpoint(output_dir: str | Path) -> Checkpoint | None:
         if (c := _read_checkpoint(out / name)) is not None
     ]
     return max(found, key=lambda c: c.step) if found else None
+
+
+def find_finished(output_dir: str | Path) -> Checkpoint | None:
+    """The finished-run record (``nlhf_finished.json``: step and config), if the run in
+    ``output_dir`` has written its final model."""
+    path = Path(output_dir) / FINISHED
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Checkpoint(Path(output_dir), int(data["step"]), dict(data["config"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _settle_checkpoints(out: Path) -> None:
@@ -172,10 +230,12 @@ def check_finite_config(cfg: Any, where: str = "") -> None:
 class RunDirectory:
     """The output directory of one training run (see the module docstring).
 
-    ``config`` is the run's config dataclass; ``inputs`` names the paths the run reads (e.g.
-    ``{"policy": cfg.policy}``), which the output directory must not be; ``may_change`` lists
-    the config fields that a ``--resume`` may change (the step budget, logging, progress).
-    ``barrier`` synchronises processes in a distributed run; only the main process writes.
+    ``config`` is the run's config dataclass; ``inputs`` names the checkpoints the run reads
+    (e.g. ``{"policy": cfg.policy}``), which the output directory must not be or contain unless
+    ``overwrite`` (training in place); ``reads`` names other files it reads (data, prompts),
+    which replacing an old run never deletes; ``may_change`` lists the config fields that a
+    ``--resume`` may change (the step budget, logging, progress). ``barrier`` synchronises
+    processes in a distributed run; only the main process writes.
     """
 
     def __init__(
@@ -186,6 +246,7 @@ class RunDirectory:
         resume: bool = False,
         overwrite: bool = False,
         inputs: Mapping[str, str | Path | None] | None = None,
+        reads: Iterable[str | Path | None] = (),
         may_change: Iterable[str] = (),
         is_main: bool = True,
         barrier: Callable[[], None] = lambda: None,
@@ -195,17 +256,23 @@ class RunDirectory:
         self.resume = resume
         self.overwrite = overwrite
         self.inputs = {k: Path(v) for k, v in (inputs or {}).items() if v is not None}
+        self.reads = [Path(r) for r in reads if r is not None]
         self.may_change = set(may_change) | {"resume", "overwrite", "output_dir"}
         self.is_main = is_main
         self.barrier = barrier
         self._lock_fd: int | None = None
         self.start: Checkpoint | None = None
+        self.finished: Checkpoint | None = None
+        """set by :meth:`check` when ``--resume`` finds the run already finished: nothing to
+        do (its ``step`` and ``config`` are those of ``nlhf_finished.json``)"""
 
     # -- 1. validate (writes nothing) --------------------------------------------------------
 
-    def check(self) -> Checkpoint | None:
+    def check(self, total_steps: int | None = None) -> Checkpoint | None:
         """Validate the output directory against the config; return the checkpoint to resume
-        from (None for a fresh start). Raises ``ValueError`` naming what is wrong."""
+        from (None for a fresh start, or when :attr:`finished` is set). ``total_steps`` is the
+        run's step budget: a checkpoint beyond it is an error (a run is never relabelled to
+        fewer steps). Raises ``ValueError`` naming what is wrong."""
         out = self.path
         check_finite_config(self.config)
         if out.exists() and not out.is_dir():
@@ -218,45 +285,83 @@ class RunDirectory:
                     "(or pass --overwrite)"
                 )
         existing = [n for n in _RUN_FILES if (out / n).exists()] if out.is_dir() else []
+        self.start = self.finished = None
+        if not self.resume:
+            if existing and not self.overwrite:
+                raise ValueError(
+                    f"output_dir: {out} already holds a run ({', '.join(existing)}); pass "
+                    "--resume to continue it or --overwrite to replace it"
+                )
+            return None
         checkpoint = find_checkpoint(out) if out.is_dir() else None
-        if self.resume:
-            if checkpoint is None:
-                if existing and not self.overwrite:
+        finished = find_finished(out) if out.is_dir() else None
+        if finished is not None and (checkpoint is None or checkpoint.step <= finished.step):
+            self._check_config(finished, "finished run")
+            if total_steps is None or finished.step == total_steps:
+                self.finished = finished
+                return None
+            if finished.step > total_steps:
+                self._beyond_budget(finished, total_steps)
+            if checkpoint is None or checkpoint.step < finished.step:
+                raise ValueError(
+                    f"resume: the run in {out} finished at step {finished.step} and kept no "
+                    f"checkpoint of that step, so it cannot continue to step {total_steps}; "
+                    "start a new run in another --output-dir (or pass --overwrite)"
+                )
+        if checkpoint is None:  # killed before its first checkpoint: it starts again
+            if existing and not self.overwrite:
+                saved = _read_config_yaml(out)
+                if saved is None:
                     raise ValueError(
                         f"resume: {out} holds a run ({', '.join(existing)}) but no complete "
-                        "checkpoint to resume from; pass --overwrite to start it afresh"
+                        "checkpoint and no config.yaml; pass --overwrite to start it afresh"
                     )
-                self.start = None
-                return None
-            changed = config_changes(checkpoint.config, to_dict(self.config), self.may_change)
-            if changed:
-                raise ValueError(
-                    f"resume: the checkpoint in {checkpoint.path} (step {checkpoint.step}) was "
-                    f"trained with other settings; these fields differ and would change the run: "
-                    f"{'; '.join(changed)}. Resume with the same values, or start a new run in "
-                    "another --output-dir (fields that may change: "
-                    f"{', '.join(sorted(self.may_change))})"
-                )
-            self.start = checkpoint
-            return checkpoint
-        if existing and not self.overwrite:
+                changed = config_changes(saved, to_dict(self.config), self.may_change)
+                if changed:
+                    raise ValueError(
+                        f"resume: {out} holds a run with no complete checkpoint yet that was "
+                        f"started with other settings ({'; '.join(changed)}); resume with the "
+                        "same values, or pass --overwrite to replace it"
+                    )
+            return None
+        self._check_config(checkpoint, "checkpoint")
+        if total_steps is not None and checkpoint.step > total_steps:
+            self._beyond_budget(checkpoint, total_steps)
+        self.start = checkpoint
+        return checkpoint
+
+    def _check_config(self, saved: Checkpoint, what: str) -> None:
+        changed = config_changes(saved.config, to_dict(self.config), self.may_change)
+        if changed:
+            where = saved.path if what == "checkpoint" else saved.path / FINISHED
             raise ValueError(
-                f"output_dir: {out} already holds a run ({', '.join(existing)}); pass --resume "
-                "to continue it or --overwrite to replace it"
+                f"resume: the {what} in {where} (step {saved.step}) was trained with other "
+                f"settings; these fields differ and would change the run: {'; '.join(changed)}. "
+                "Resume with the same values, or start a new run in another --output-dir "
+                f"(fields that may change: {', '.join(sorted(self.may_change))})"
             )
-        self.start = None
-        return None
+
+    def _beyond_budget(self, saved: Checkpoint, total_steps: int) -> None:
+        raise ValueError(
+            f"resume: the run in {self.path} is at step {saved.step}, beyond the {total_steps} "
+            f"steps asked for; a run cannot be shortened: resume with at least {saved.step} "
+            "steps, or start a new run in another --output-dir"
+        )
 
     # -- 2. open: lock, clear, config, metrics -----------------------------------------------
 
     def open(self) -> RunDirectory:
         """Lock the directory and write ``config.yaml`` (after :meth:`check`)."""
+        if self.finished is not None:
+            raise RuntimeError("RunDirectory.open: the run is finished; there is nothing to do")
+        self.barrier()  # every process has checked before anything changes
         if self.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
             in_place = any(_inside(src, self.path) for src in self.inputs.values())
             if self.start is None and self.overwrite and not in_place:
-                _clear_run(self.path)
+                _clear_run(self.path, keep=self.reads)
+            shutil.rmtree(self.path / FINAL_TMP, ignore_errors=True)
             if self.start is not None:
                 _settle_checkpoints(self.path)
                 self.start = find_checkpoint(self.path)
@@ -318,6 +423,7 @@ class RunDirectory:
             write(new)
             self.barrier()
             if self.is_main:
+                _test_pause("checkpoint-written", step)
                 marker = {
                     "step": step,
                     "config": to_dict(self.config),
@@ -325,20 +431,22 @@ class RunDirectory:
                 }
                 write_json(new / MARKER, marker)
                 _fsync_dir(new)
-        except OSError as err:
+        except Exception as err:  # disk full surfaces as OSError, SafetensorError, RuntimeError
             if self.is_main:
                 shutil.rmtree(new, ignore_errors=True)
             previous = find_checkpoint(out)
             kept = f"step {previous.step} in {previous.path}" if previous else "none"
-            raise OSError(
-                err.errno,
-                f"could not write the checkpoint of step {step} in {out} ({err.strerror or err}); "
+            raise _write_error(
+                err,
+                f"could not write the checkpoint of step {step} in {out} ({_reason(err)}); "
                 f"the previous checkpoint is intact ({kept})",
             ) from err
         if self.is_main:
+            _test_pause("checkpoint-marked", step)
             if main.exists():
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(main, old)
+                _test_pause("checkpoint-swapping", step)
             os.replace(new, main)
             _fsync_dir(out)
             shutil.rmtree(old, ignore_errors=True)
@@ -354,7 +462,55 @@ class RunDirectory:
         with (self.path / METRICS).open("a", encoding="utf-8") as fh:
             fh.write(dumps(dict(record)) + "\n")
 
-    # -- 5. close ----------------------------------------------------------------------------
+    # -- 5. the final model ------------------------------------------------------------------
+
+    def save_final(
+        self, step: int, write: Callable[[Path], None], remove_checkpoint: bool = False
+    ) -> None:
+        """Write the run's result with ``write(directory)`` (called on every process) into
+        ``.final.new/``, move each of its entries into the output directory (one atomic rename
+        each), then record the run as finished (``nlhf_finished.json``). Until that record is
+        written the checkpoint stays, so a kill at any moment leaves a run that ``--resume``
+        finishes; ``remove_checkpoint`` deletes the checkpoint once the run is finished."""
+        out, tmp = self.path, self.path / FINAL_TMP
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.barrier()
+        try:
+            write(tmp)
+        except Exception as err:  # disk full surfaces as OSError, SafetensorError, RuntimeError
+            if self.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            previous = find_checkpoint(out)
+            kept = (
+                f"the checkpoint of step {previous.step} is intact: --resume writes it again"
+                if previous
+                else "no checkpoint was kept"
+            )
+            raise _write_error(
+                err,
+                f"could not write the final model of step {step} in {out} ({_reason(err)}); {kept}",
+            ) from err
+        self.barrier()
+        if self.is_main:
+            _test_pause("final-written", step)
+            for i, entry in enumerate(sorted(tmp.iterdir())):
+                target = out / entry.name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+                if i == 0:
+                    _test_pause("final-moving", step)
+            tmp.rmdir()
+            write_json(out / FINISHED, {"step": step, "config": to_dict(self.config)})
+            _fsync_dir(out)
+            if remove_checkpoint:
+                for name in (CHECKPOINT, f"{CHECKPOINT}.new", f"{CHECKPOINT}.old"):
+                    shutil.rmtree(out / name, ignore_errors=True)
+        self.barrier()
+
+    # -- 6. close ----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Release the lock."""
@@ -369,12 +525,33 @@ class RunDirectory:
         self.close()
 
 
-def _clear_run(out: Path) -> None:
-    """Remove an overwritten run's files (only from a directory that holds a run)."""
+def _read_config_yaml(out: Path) -> dict[str, Any] | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load((out / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _reason(err: BaseException) -> str:
+    return (err.strerror if isinstance(err, OSError) and err.strerror else None) or first_line(err)
+
+
+def _write_error(err: BaseException, message: str) -> OSError:
+    """An ``OSError`` carrying ``message`` (and the errno of ``err`` when it has one)."""
+    return OSError(getattr(err, "errno", None) or errno.EIO, message)
+
+
+def _clear_run(out: Path, keep: Iterable[Path] = ()) -> None:
+    """Remove an overwritten run's files (only from a directory that holds a run), except the
+    entries that hold one of the ``keep`` paths (files the new run reads)."""
     if not any((out / n).exists() for n in _RUN_FILES):
         return
+    keep = list(keep)
     for entry in out.iterdir():
-        if entry.name == LOCK:
+        if entry.name == LOCK or any(_inside(k, entry) for k in keep):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -412,17 +589,61 @@ def check_finite_step(step: int, output_dir: str | Path, **values: float | torch
     is NaN or infinite; the last good checkpoint stays untouched (nothing is saved)."""
     bad = {k: float(v) for k, v in values.items() if not math.isfinite(float(v))}
     if bad:
-        previous = find_checkpoint(output_dir)
-        kept = (
-            f"the last good checkpoint is step {previous.step} in {previous.path}"
-            if previous
-            else "no checkpoint had been saved"
-        )
         names = ", ".join(f"{k} = {v}" for k, v in bad.items())
         raise NonFiniteError(
-            f"step {step}: {names}; the run stopped without saving ({kept}). Lower the learning "
-            "rate, enable gradient clipping or check the inputs"
+            f"step {step}: {names}; the run stopped without saving ({_kept(output_dir)}). "
+            "Lower the learning rate, enable gradient clipping or check the inputs"
         )
+
+
+def check_finite_weights(step: int, output_dir: str | Path, model: torch.nn.Module) -> None:
+    """Stop with :class:`NonFiniteError` if a weight of ``model`` is NaN or infinite (a finite
+    gradient times a huge learning rate can overflow): called before every save, so that no
+    checkpoint or final model ever holds non-finite weights."""
+    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    if not params:
+        return
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in params]).cpu()
+    if not bool(finite.all()):
+        name = params[int((~finite).nonzero()[0])][0]
+        raise NonFiniteError(
+            f"step {step}: the weights are no longer finite (e.g. {name}) after the update; "
+            f"the run stopped without saving ({_kept(output_dir)}). Lower the learning rate "
+            "or enable gradient clipping"
+        )
+
+
+def _kept(output_dir: str | Path) -> str:
+    previous = find_checkpoint(output_dir)
+    if previous is None:
+        return "no checkpoint had been saved"
+    return f"the last good checkpoint is step {previous.step} in {previous.path}"
+
+
+def check_trackers(names: Sequence[str]) -> list[str]:
+    """The ``--log-with`` trackers, checked before anything is written: each must be one
+    accelerate knows (or registered with it) and installed. Raises ``ValueError`` naming the
+    unknown or missing ones."""
+    if not names:
+        return []
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = {str(t) for t in LoggerType} | {str(t) for t in LOGGER_TYPE_TO_CLASS}
+    unknown = sorted(n for n in names if n not in known)
+    if unknown:
+        raise ValueError(
+            f"log_with: unknown tracker(s) {unknown}; accelerate knows {sorted(known - {'all'})}"
+        )
+    available = {str(t) for t in get_available_trackers()}
+    builtin = {str(t) for t in LoggerType}
+    missing = sorted(n for n in names if n != "all" and n in builtin and n not in available)
+    if missing:
+        raise ValueError(
+            f"log_with: tracker(s) {missing} are not installed; install them (e.g. pip install "
+            f"{missing[0]}) or drop them from --log-with"
+        )
+    return list(names)
 
 
 def lr_factor(
@@ -430,19 +651,23 @@ def lr_factor(
     total: int,
     warmup: int = 0,
     schedule: Literal["constant", "linear", "cosine"] = "linear",
+    min_ratio: float = 0.0,
 ) -> float:
     """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): linear warm-up
-    over ``warmup`` steps, then constant, linear decay to 0 at ``total``, or cosine to 0."""
+    over ``warmup`` steps, then constant, or a linear or cosine decay from 1 to ``min_ratio`` at
+    ``total``. Only the decaying schedules depend on ``total``."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
     if schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"lr_schedule: unknown schedule {schedule!r}")
+        shape = max(0.0, 1.0 - progress)
+    elif schedule == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        raise ValueError(f"lr_schedule: unknown schedule {schedule!r}")
+    return min_ratio + (1.0 - min_ratio) * shape
 
 
 def shuffled_indices(n: int, seed: int, start: int, count: int) -> list[int]:

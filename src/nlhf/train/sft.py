@@ -17,13 +17,13 @@ One optimizer step (:func:`train_sft`, top to bottom):
 2. right-pad ``prompt + response``; labels are the response tokens (-100 elsewhere);
 3. next-token cross-entropy summed over the response tokens (logits only from the first
    response position on), divided by the step's response tokens (over all processes);
-4. clip, AdamW on float32 master weights (bf16/fp16 compute through accelerate's autocast),
-   learning-rate schedule.
+4. clip; a non-finite loss or gradient norm stops the run before the update; AdamW on float32
+   master weights (bf16/fp16 compute through accelerate's autocast), learning-rate schedule.
 
 Every ``eval_every`` steps and at the end: the mean token loss on held-out prompts; every
-``save_every`` steps: a resumable checkpoint. The result is a standard Hugging Face checkpoint
-(LoRA adapters merged), stored in the input checkpoint's dtype unless ``save_dtype`` says
-otherwise.
+``save_every`` steps: a resumable checkpoint (the output directory is ``nlhf.train.run``'s).
+The result is a standard Hugging Face checkpoint (LoRA adapters merged), stored in the input
+checkpoint's dtype unless ``save_dtype`` says otherwise.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ import copy
 import inspect
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -46,11 +44,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nlhf.config import save_yaml
 from nlhf.data.demonstrations import Demonstration, load_demonstrations
 from nlhf.data.loaders import drop_shared_prompts, split_by_prompt
 from nlhf.data.schema import as_text
+from nlhf.jsonio import write_json
 from nlhf.models.chat import render_prompt_ids, render_response_ids, response_text
+from nlhf.train.run import (
+    RunDirectory,
+    check_finite_step,
+    check_finite_weights,
+    lr_factor,
+    reset_accelerate_state,
+    shuffled_indices,
+)
 
 
 @dataclass
@@ -73,6 +79,9 @@ class SFTTrainConfig:
     eval_fraction: float = 0.05
     """share of distinct prompts held out for the eval loss when neither eval_data nor
     eval_split is given (0 = no evaluation)"""
+    allow_shared_eval_prompts: bool = False
+    """evaluate on eval demonstrations whose prompt also occurs in the training data (by
+    default they are dropped, and an eval set made only of such prompts is an error)"""
     skip_invalid: bool = False
     """drop invalid rows (counted and reported) instead of stopping at the first"""
     output_dir: Path = Path("runs/sft")
@@ -137,7 +146,11 @@ class SFTTrainConfig:
     eval_batch_size: int = 32
     """demonstrations per forward during evaluation"""
     resume: bool = False
-    """continue from output_dir/checkpoint (model, optimizer, scheduler, RNG, data position)"""
+    """continue the run in output_dir from its checkpoint (model, optimizer, scheduler, RNG;
+    the data position is a function of the step); only the fields listed in docs/sft.md may
+    change"""
+    overwrite: bool = False
+    """replace a run already in output_dir (and allow output_dir to be an input)"""
     progress: bool = True
     """show a progress bar"""
     seed: int = 0
@@ -168,6 +181,14 @@ class SFTTrainConfig:
             )
         if self.model is not None and self.random_init is not None:
             raise ValueError("model / random_init: give one of them, not both")
+
+    @property
+    def may_change(self) -> set[str]:
+        """Fields a ``--resume`` may change: evaluation, checkpoint and logging frequency, the
+        evaluation's batch size, progress, and the step budget (steps, epochs) when the
+        learning rate does not depend on it (a constant schedule)."""
+        fields = {"eval_every", "save_every", "log_every", "eval_batch_size", "progress"}
+        return fields | ({"steps", "epochs"} if self.lr_schedule == "constant" else set())
 
 
 # ----------------------------------------------------------------------------- data
@@ -214,9 +235,20 @@ def load_sft_data(
             train, evals = split_by_prompt(train, cfg.eval_fraction, cfg.seed)
         else:
             evals = []
-    evals, dropped = drop_shared_prompts(train, list(evals))
-    if dropped:
-        say(f"dropped {dropped} eval demonstrations whose prompt is also in the training data")
+    evals = list(evals)
+    if not cfg.allow_shared_eval_prompts:
+        kept, dropped = drop_shared_prompts(train, evals)
+        if evals and not kept:
+            source = cfg.eval_data or (f"split {cfg.eval_split!r}" if cfg.eval_split else "eval")
+            raise ValueError(
+                f"eval_data: every one of the {len(evals)} eval demonstrations ({source}) has "
+                "a prompt that also occurs in the training data, so nothing would be held out; "
+                "give eval demonstrations on other prompts, or pass --allow-shared-eval-prompts "
+                "to evaluate on them anyway"
+            )
+        if dropped:
+            say(f"dropped {dropped} eval demonstrations whose prompt is also in the training data")
+        evals = kept
     if not train:
         raise ValueError("data: no training demonstrations left")
     return train, evals
@@ -287,20 +319,6 @@ def collate(
         mask[i, :n] = 1
         labels[i, n_p:n] = torch.as_tensor(r)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def sample_order(n: int, seed: int, start: int, count: int) -> list[int]:
-    """Indices ``start .. start + count - 1`` of an endless stream of per-epoch shuffles of
-    ``range(n)``; sample ``k`` depends only on (n, seed, k), so a resumed run continues the
-    very same stream."""
-    out, perms = [], {}
-    for k in range(start, start + count):
-        epoch, pos = divmod(k, n)
-        if epoch not in perms:
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            perms[epoch] = torch.randperm(n, generator=g).tolist()
-        out.append(perms[epoch][pos])
-    return out
 
 
 # ----------------------------------------------------------------------------- model
@@ -407,65 +425,7 @@ def response_nll(
     return nll, int(is_target.sum())
 
 
-def _lr_factor(cfg: SFTTrainConfig, total: int):
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-        shape = (
-            1.0 - progress
-            if cfg.lr_schedule == "linear"
-            else 0.5 * (1 + math.cos(math.pi * progress))
-        )
-        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
-
-    return factor
-
-
-# ----------------------------------------------------------------------------- run directory
-
-
-def _reset_accelerate_state() -> None:
-    """Let one single-process Python session run several trainings with different settings
-    (accelerate keeps a process-wide state). Never touched under a distributed launch."""
-    from accelerate.state import AcceleratorState
-
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and AcceleratorState._shared_state:
-        AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def _truncate_metrics(path: Path, keep_through: int) -> None:
-    """A fresh run starts a new log; a resumed one drops the lines after its checkpoint."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines() if keep_through else []:
-        try:
-            if json.loads(line).get("step", 0) <= keep_through:
-                kept.append(line + "\n")
-        except json.JSONDecodeError:
-            continue
-    path.write_text("".join(kept))
-
-
-def _save_checkpoint(accelerator, tokenizer, out: Path, step: int) -> None:
-    """``out/checkpoint``: accelerate state (model, optimizer, scheduler, RNG), the tokenizer
-    and the step, written to a temporary directory and renamed into place."""
-    ckpt, tmp = out / "checkpoint", out / "checkpoint.tmp"
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer.save_pretrained(tmp / "tokenizer")
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
-        shutil.rmtree(ckpt, ignore_errors=True)
-        tmp.rename(ckpt)
-    accelerator.wait_for_everyone()
+# ----------------------------------------------------------------------------- the model out
 
 
 def _save_model(accelerator, model, tokenizer, out: Path, dtype: torch.dtype) -> None:
@@ -542,11 +502,14 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    from nlhf.models.checkpoint import load_tokenizer
+
+    # --- inputs, all checked before anything is written ---
     mixed = cfg.mixed_precision
     if mixed == "auto":
         use_gpu = torch.cuda.is_available() and not cfg.cpu
         mixed = "bf16" if use_gpu and torch.cuda.is_bf16_supported() else "no"
-    _reset_accelerate_state()
+    reset_accelerate_state()
     accelerator = Accelerator(mixed_precision=mixed, cpu=cfg.cpu)
     is_main = accelerator.is_main_process
 
@@ -556,26 +519,41 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
 
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    ckpt = out / "checkpoint"
-
-    # --- everything is checked before the output directory is touched ---
     train, evals = load_sft_data(cfg, train, evals, say)
-    resuming = cfg.resume and (ckpt / "trainer_state.json").is_file()
-    if cfg.resume and not resuming:
-        say(f"resume: no checkpoint in {ckpt}; starting from scratch")
-    if resuming:
-        from nlhf.models.checkpoint import load_tokenizer
-
-        tokenizer = load_tokenizer(ckpt / "tokenizer", "resume tokenizer")
+    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
+    world = accelerator.num_processes
+    micro = cfg.batch_size // cfg.grad_accum
+    if micro % world:
+        raise ValueError(
+            f"batch_size: {cfg.batch_size} / grad_accum {cfg.grad_accum} = {micro} per "
+            f"micro-batch is not divisible by the {world} processes"
+        )
+    per_process = micro // world
+    local = {name: path for name in ("model", "tokenizer") if (path := getattr(cfg, name))}
+    run = RunDirectory(
+        out, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
+        inputs={k: v for k, v in local.items() if Path(v).exists()},
+        reads=[cfg.data, cfg.eval_data, cfg.random_init], may_change=cfg.may_change,
+        is_main=is_main, barrier=accelerator.wait_for_everyone,
+    )  # fmt: skip
+    start = run.check(total_steps)
+    if run.finished is not None:
+        say(
+            f"nothing to do: the run in {out} finished at step {run.finished.step} "
+            "(start a new one with --overwrite or another --output-dir)"
+        )
+        return _read_metrics(out / "eval.json")
+    if start is not None:  # the checkpoint's tokenizer (built on the data for random_init)
+        tokenizer = load_tokenizer(start.path / "tokenizer", "the checkpoint's tokenizer")
     elif tokenizer is None:
         tokenizer = _build_tokenizer(cfg, train)
     model, tokenizer, input_dtype = build_model(cfg, tokenizer, model_config)
     save_dtype = input_dtype if cfg.save_dtype == "auto" else getattr(torch, cfg.save_dtype)
+    if tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer: it has no EOS token, so responses could never end")
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    if tokenizer.eos_token_id is None:
-        raise ValueError("tokenizer: it has no EOS token, so responses could never end")
     context = _context_length(model)
     max_length = min(cfg.max_length, context) if context else cfg.max_length
     rows, truncated = encode_demonstrations(tokenizer, train, max_length, compact=True)
@@ -585,15 +563,6 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
             f"{truncated} training and {eval_truncated} eval demonstrations exceed {max_length} "
             "tokens: their prompts were cut from the start (then the response's end)"
         )
-    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
-    world = accelerator.num_processes
-    micro = cfg.batch_size // cfg.grad_accum
-    if micro % world:
-        raise ValueError(
-            f"batch_size: {cfg.batch_size} / grad_accum {cfg.grad_accum} = {micro} per "
-            f"micro-batch is not divisible by the {world} processes"
-        )
-    per_process = micro // world
     keep_logits = _keeps_logits(model)
 
     # --- optimizer on float32 master weights, schedule, accelerate ---
@@ -603,28 +572,13 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
         {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(s, total_steps, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr_ratio),
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    start_step = 0
-    if resuming:
-        accelerator.load_state(str(ckpt / "state"))
-        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-        if start_step > total_steps:
-            raise ValueError(
-                f"resume: the checkpoint is at step {start_step} > steps {total_steps}"
-            )
-        say(f"resumed from {ckpt} at step {start_step}")
-
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
-        _truncate_metrics(out / "metrics.jsonl", start_step if resuming else 0)
-
-    def log(row: dict) -> None:
-        if is_main:
-            with (out / "metrics.jsonl").open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+    checks_grad = accelerator.scaler is None  # fp16's scaler skips overflowing steps itself
 
     def run_eval(step: int) -> dict[str, float]:
         if not eval_rows:
@@ -632,9 +586,23 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
         metrics = evaluate_sft(
             model, eval_rows, pad_id, cfg.eval_batch_size, keep_logits, accelerator
         )
-        log({"step": step, **metrics})
+        run.log({"step": step, **metrics})
         return metrics
 
+    def write_checkpoint(directory: Path) -> None:
+        if is_main:
+            tokenizer.save_pretrained(directory / "tokenizer")
+        accelerator.save_state(str(directory / "state"))
+
+    # --- the run directory: lock, config.yaml, resume ---
+    run.open()
+    start_step = 0
+    if run.start is not None:
+        accelerator.load_state(str(run.start.path / "state"))
+        start_step = run.start.step
+        say(f"resumed from {run.start.path} at step {start_step}")
+    elif cfg.resume:
+        say(f"resume: no complete checkpoint in {out} yet; starting at step 0")
     model.train()
     t0 = time.perf_counter()
     window_nll, window_tokens = 0.0, 0
@@ -647,82 +615,104 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
         disable=not (is_main and cfg.progress),
         dynamic_ncols=True,
     )
-    for step in bar:
-        # 1. this step's demonstrations on this process, per micro-batch
-        order = sample_order(len(rows), cfg.seed, step * cfg.batch_size, cfg.batch_size)
-        micro_rows = []
-        for m in range(cfg.grad_accum):
-            first = m * micro + accelerator.process_index * per_process
-            micro_rows.append([rows[i] for i in order[first : first + per_process]])
-        n_step = sum(len(r) for mr in micro_rows for _, r in mr)  # response tokens, this process
-        n_all = n_step
-        if world > 1:  # the mean over the step's tokens on all processes, like one big batch
-            n_all = int(accelerator.reduce(torch.tensor(n_step, device=accelerator.device), "sum"))
-        scale = world / n_all  # DDP averages the processes' gradients
-        for m, batch_rows in enumerate(micro_rows):
-            # 2. right-padded prompt + response, labels on the response only
-            batch = collate(batch_rows, pad_id)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            # 3. summed token NLL / the step's response tokens (over all processes)
-            sync = m == cfg.grad_accum - 1
-            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
-            with ctx:
-                with accelerator.autocast():
-                    nll, _ = response_nll(model, batch, keep_logits)
-                accelerator.backward(nll * scale)
-            window_nll += float(nll.detach())
-        window_tokens += n_step
-        # 4. clip, AdamW, schedule
-        if cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == total_steps:
-            sums = torch.tensor([window_nll, float(window_tokens)], device=accelerator.device)
-            if world > 1:
-                sums = accelerator.reduce(sums, "sum")
-            loss = float(sums[0] / sums[1].clamp(min=1))
-            if not math.isfinite(loss):
-                raise ValueError(
-                    f"training diverged: the loss is {loss} at step {done}; nothing was saved "
-                    "(lower --lr, or check the data)"
+    try:
+        for step in bar:
+            # 1. this step's demonstrations on this process, per micro-batch
+            order = shuffled_indices(len(rows), cfg.seed, step * cfg.batch_size, cfg.batch_size)
+            micro_rows = []
+            for m in range(cfg.grad_accum):
+                first = m * micro + accelerator.process_index * per_process
+                micro_rows.append([rows[i] for i in order[first : first + per_process]])
+            n_step = sum(len(r) for mr in micro_rows for _, r in mr)  # response tokens, here
+            n_all = n_step
+            if world > 1:  # the mean over the step's tokens on all processes, like one batch
+                n_all = int(
+                    accelerator.reduce(torch.tensor(n_step, device=accelerator.device), "sum")
                 )
-            last_train = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}
-            log({"step": done, **last_train, "train/tokens": float(sums[1]),
-                 "time/elapsed_s": time.perf_counter() - t0})  # fmt: skip
-            bar.set_postfix(loss=f"{loss:.4f}")
-            window_nll, window_tokens = 0.0, 0
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
-            metrics = run_eval(done)
-            if metrics:
-                bar.set_postfix(loss=f"{last_train.get('train/loss', 0):.4f}",
-                                eval=f"{metrics['eval/loss']:.4f}")  # fmt: skip
-        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-            _save_checkpoint(accelerator, tokenizer, out, done)
-    bar.close()
-    train_seconds = time.perf_counter() - t0
+            scale = world / n_all  # DDP averages the processes' gradients
+            step_nll = 0.0
+            for m, batch_rows in enumerate(micro_rows):
+                # 2. right-padded prompt + response, labels on the response only
+                batch = collate(batch_rows, pad_id)
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                # 3. summed token NLL / the step's response tokens (over all processes)
+                sync = m == cfg.grad_accum - 1
+                ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+                with ctx:
+                    with accelerator.autocast():
+                        nll, _ = response_nll(model, batch, keep_logits)
+                    accelerator.backward(nll * scale)
+                step_nll += float(nll.detach())
+            # 4. clip (max_grad_norm 0: the norm only), stop on a non-finite loss or gradient
+            #    before it reaches the weights, AdamW, schedule
+            max_norm = cfg.max_grad_norm or math.inf
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+            checked = torch.tensor([step_nll, float(n_step), grad_norm if checks_grad else 0.0])
+            if world > 1:  # every process stops together
+                checked = accelerator.reduce(checked.to(accelerator.device), "sum").cpu()
+            loss = float(checked[0] / checked[1].clamp(min=1))
+            check_finite_step(step + 1, out, loss=loss, grad_norm=checked[2])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            window_nll += step_nll
+            window_tokens += n_step
+            done = step + 1
+            # 5. log, evaluate, checkpoint (a step is logged before it is checkpointed)
+            if done % cfg.log_every == 0 or done == total_steps:
+                sums = torch.tensor([window_nll, float(window_tokens)], device=accelerator.device)
+                if world > 1:
+                    sums = accelerator.reduce(sums, "sum")
+                loss = float(sums[0] / sums[1].clamp(min=1))
+                last_train = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}
+                run.log({"step": done, **last_train, "train/tokens": float(sums[1]),
+                         "time/elapsed_s": time.perf_counter() - t0})  # fmt: skip
+                bar.set_postfix(loss=f"{loss:.4f}")
+                window_nll, window_tokens = 0.0, 0
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < total_steps:
+                metrics = run_eval(done)
+                if metrics:
+                    bar.set_postfix(loss=f"{last_train.get('train/loss', 0):.4f}",
+                                    eval=f"{metrics['eval/loss']:.4f}")  # fmt: skip
+            if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+                check_finite_weights(done, out, accelerator.unwrap_model(model))
+                run.save_checkpoint(done, write_checkpoint)
+        bar.close()
+        train_seconds = time.perf_counter() - t0
 
-    eval_metrics = run_eval(total_steps)
-    metrics = {
-        **last_train,
-        **eval_metrics,
-        "train/steps": float(total_steps),
-        "train/demonstrations": float(len(rows)),
-        "train/truncated": float(truncated),
-        "time/train_s": train_seconds,
-    }
-    if is_main and not all(math.isfinite(v) for v in metrics.values()):
-        raise ValueError(f"training produced non-finite metrics {metrics}; nothing was saved")
-    _save_model(accelerator, model, tokenizer, out, save_dtype)
-    if cfg.save_every and is_main:
-        shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: the model is the result
-    if is_main:
-        (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+        # --- end: evaluation, then the model and eval.json; the checkpoint goes once the
+        #     model is in place (the model is the result) ---
+        eval_metrics = run_eval(total_steps)
+        metrics = {
+            **last_train,
+            **eval_metrics,
+            "train/steps": float(total_steps),
+            "train/demonstrations": float(len(rows)),
+            "train/truncated": float(truncated),
+            "time/train_s": train_seconds,
+        }
+        check_finite_weights(total_steps, out, accelerator.unwrap_model(model))
+
+        def write_final(directory: Path) -> None:
+            _save_model(accelerator, model, tokenizer, directory, save_dtype)
+            if is_main:
+                write_json(directory / "eval.json", metrics)
+
+        run.save_final(total_steps, write_final, remove_checkpoint=True)
+        accelerator.end_training()
+    finally:
+        bar.close()
+        run.close()
     return metrics
+
+
+def _read_metrics(path: Path) -> dict[str, float]:
+    """A finished run's ``eval.json`` (null read back as NaN)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: math.nan if v is None else float(v) for k, v in data.items()}
 
 
 def _context_length(model) -> int | None:
@@ -846,6 +836,5 @@ __all__ = [
     "evaluate_sft",
     "load_sft_data",
     "response_nll",
-    "sample_order",
     "train_sft",
 ]

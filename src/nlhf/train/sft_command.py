@@ -17,15 +17,18 @@ Examples:
   nlhf sft --config configs/tldr/sft.yaml --resume
 
 Outputs in --output-dir: the model (a Hugging Face checkpoint + tokenizer; LoRA adapters merged,
-and also in adapter/), eval.json, metrics.jsonl, config.yaml, checkpoint/ (while unfinished).
+and also in adapter/), eval.json, metrics.jsonl, config.yaml, checkpoint/ (while unfinished),
+nlhf_finished.json (written last). An --output-dir that holds a run needs --resume (continue it;
+a finished run is left as it is) or --overwrite (replace it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
 from nlhf.config import add_config_arguments, config_from_args
+from nlhf.jsonio import dumps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from nlhf.train.sft import SFTTrainConfig, train_sft
 
     cfg = config_from_args(SFTTrainConfig, args)
-    metrics = train_sft(cfg)
-    print(json.dumps({k: round(v, 6) for k, v in metrics.items()}, indent=2))
+    try:
+        metrics = train_sft(cfg)
+    except FileNotFoundError:
+        raise  # a missing input: bad input (exit 2)
+    except OSError as err:  # e.g. disk full while saving: the message says what was kept
+        print(f"nlhf sft: error: {err.strerror or err}", file=sys.stderr)
+        return 1
+    print(dumps({k: round(v, 6) for k, v in metrics.items()}, indent=2))  # NaN as null
     print(f"model written to {cfg.output_dir}")
     return 0
