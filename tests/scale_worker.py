@@ -1,19 +1,13 @@
 """Policy-training runs on a tiny model, for the scale-out tests (tests/test_scale_parity.py).
 
 A run is a dict: ``PolicyTrainConfig`` fields, plus ``model`` (``"llama"`` or ``"gpt2"``) and
-``per_sample_streams`` (see below). ``run(spec)`` trains in this process; as a script, the
-worker trains the runs of a JSON file in order, under any launcher:
+optionally ``expect_error`` (the run must stop with a ``ValueError`` containing this text).
+``run(spec)`` trains in this process; as a script, the worker trains the runs of a JSON file in
+order, under any launcher:
 
     python -m torch.distributed.run --nproc_per_node 2 tests/scale_worker.py RUNS.json
 
 ``RUNS.json`` is ``{"runs": [...], "fsdp2_on_cpu": false}``.
-
-``per_sample_streams``: the trainer's sampler draws every prompt's ``y`` and ``y'`` alone, from
-a generator seeded by the sample's position in the global micro-batch (micro-batch number,
-rank, index), instead of from the process's own generator. The samples then do not depend on
-how a global batch is split over processes, so a 2-process run and a 1-process run of the same
-global batch are comparable number for number (for a trainer whose own random streams are
-drawn per process).
 
 ``fsdp2_on_cpu``: the ``Accelerator`` uses FSDP2 on CPU processes (see :func:`fsdp2_on_cpu`).
 """
@@ -21,14 +15,12 @@ drawn per process).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
 WORDS = "good bad the cat sat on a mat dog ran far away"
 PROMPTS = [
@@ -89,80 +81,23 @@ def prob(prompts, a, b):
 
 
 def run(spec: dict) -> None:
-    """Train one run (``spec``: config fields + ``model`` + ``per_sample_streams``)."""
+    """Train one run (``spec``: config fields + ``model`` + ``expect_error``)."""
     from nlhf.models.judge import CallableJudge
     from nlhf.train.policy import PolicyTrainConfig, train_policy
 
     spec = dict(spec)
     model = spec.pop("model", "llama")
-    streams = spec.pop("per_sample_streams", False)
+    expect_error = spec.pop("expect_error", None)
     cfg = PolicyTrainConfig(**{**BASE, **spec})
     tok = tokenizer()
-    with per_sample_streams() if streams else contextlib.nullcontext():
+    try:
         train_policy(cfg, prompts=PROMPTS, judge=CallableJudge(prob),
                      policy_model=tiny_model(tok, model), tokenizer=tok)  # fmt: skip
-
-
-def _seed(*key: int) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest()) >> 1
-
-
-def _concat(parts, pad_id: int):
-    """Samples of single prompts -> one batch (prompts left-padded, responses right-padded)."""
-    from nlhf.sampling import Samples
-
-    def cat(name: str, fill, left: bool = False):
-        tensors = [getattr(p, name) for p in parts]
-        if tensors[0] is None:
-            return None
-        width = max(t.shape[1] for t in tensors)
-        pad = [(width - t.shape[1], 0) if left else (0, width - t.shape[1]) for t in tensors]
-        return torch.cat([F.pad(t, w, value=fill) for t, w in zip(tensors, pad)])
-
-    return Samples(
-        prompts=[x for p in parts for x in p.prompts],
-        texts=[x for p in parts for x in p.texts],
-        prompt_ids=cat("prompt_ids", pad_id, left=True),
-        prompt_mask=cat("prompt_mask", 0, left=True),
-        response_ids=cat("response_ids", pad_id),
-        response_mask=cat("response_mask", 0),
-        logprobs=cat("logprobs", 0.0),
-        ended=torch.cat([p.ended for p in parts]),
-        reference_logprobs=cat("reference_logprobs", 0.0),
-    )
-
-
-@contextlib.contextmanager
-def per_sample_streams(seed: int = 0) -> Iterator[None]:
-    """Within the block, the trainer's ``generate_pair`` draws every prompt's samples alone from
-    a CPU generator seeded by (seed, the prompt's position in the run's global sequence of
-    micro-batches); the trainer's own generator is not used."""
-    import nlhf.train.policy as policy_module
-    from nlhf.sampling import _pad_id
-
-    real = policy_module.generate_pair
-    calls = [0]  # micro-batches sampled so far in this run
-
-    def generate_pair(policy, tokenizer, prompts, *, generator=None, prompt_token_ids, **kw):
-        rank, world = 0, 1
-        if torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        b = len(prompts)
-        first = (calls[0] * world + rank) * b  # this slice's place in the global micro-batch
-        calls[0] += 1
-        pairs = [
-            real(policy, tokenizer, [prompts[i]], prompt_token_ids=[prompt_token_ids[i]],
-                 generator=torch.Generator().manual_seed(_seed(seed, first + i)), **kw)
-            for i in range(b)
-        ]  # fmt: skip
-        pad = _pad_id(tokenizer)
-        return _concat([y for y, _ in pairs], pad), _concat([a for _, a in pairs], pad)
-
-    policy_module.generate_pair = generate_pair
-    try:
-        yield
-    finally:
-        policy_module.generate_pair = real
+    except ValueError as err:
+        if expect_error is None or expect_error not in str(err):
+            raise
+        return
+    assert expect_error is None, f"no error {expect_error!r}"
 
 
 @contextlib.contextmanager

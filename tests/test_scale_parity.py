@@ -3,16 +3,14 @@
 A 2-process run with ``batch_size`` prompts per process and a 1-process run with twice that
 batch see the same global batches (the prompt stream is global; rank r takes slice r); with
 the same samples, the same judge scores and DDP's gradient averaging (the loss is a mean over
-equally sized slices), their loss curves and final weights agree to float rounding. What the
-two runs cannot share by construction is a per-process random stream, so the samples are drawn
-per sample: from a generator keyed by the sample's place in the step's global batch. The
-trainer does that itself once the changes in docs/scale.md ("What the trainers need") are in
-(``SCALE_OUT_CHANGES``); until then the tests install it from ``scale_worker`` and keep to
-what the trainer already gets right (a constant learning rate, GPT-2 under FSDP2).
+equally sized slices), their loss curves and final weights agree to float rounding. The
+samples agree because the trainer draws them per sample, from a generator keyed by the
+sample's index in the run (``nlhf.train.policy.sample_generators``), and the learning-rate
+schedule takes one step per optimizer step whatever the number of processes.
 
 FSDP2 runs on CPU only through ``scale_worker.fsdp2_on_cpu`` (accelerate itself falls back to
-DDP on CPU); the policy is really sharded there (``fully_shard``, DTensor parameters) and its
-checkpoints go through accelerate's FSDP save and load.
+DDP on CPU); the policy and the reference are really sharded there (``fully_shard``, DTensor
+parameters) and the checkpoints go through accelerate's FSDP save and load.
 """
 
 from __future__ import annotations
@@ -25,19 +23,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import scale_worker
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import nlhf.train.policy as policy_module
-import scale_worker
-
 WORKER = Path(scale_worker.__file__)
-# the trainer changes of docs/scale.md are in: per-sample random streams, one schedule step
-# per optimizer step on any number of processes, FSDP2-safe EMA and CPU sampling
-SCALE_OUT_CHANGES = hasattr(policy_module, "sample_generators")
-NEEDS_CHANGES = "needs the trainer changes listed in docs/scale.md (What the trainers need)"
-SUPERSEDED = "the trainer draws per-sample streams itself: the test without the stand-in runs"
 CURVE_KEYS = ("lr", "loss/total", "pref/mean", "kl/ref", "grad/norm", "policy/entropy")
 CURVE_KEYS += ("policy/length", "alternative/length")
 # Nash-MD-PG with plain SGD and no clipping (an error in the gradient averaging would show in
@@ -50,11 +41,8 @@ SCHEDULE = dict(lr_schedule="linear", warmup_steps=1)
 # Largest gaps allowed between the runs. Metrics and SGD weights differ by float rounding
 # (measured <= 3e-7). AdamW divides each coordinate's step by that coordinate's own gradient
 # scale, so a weight whose gradient is float noise takes noise-driven steps (measured up to
-# 1.2e-5 after 4 steps at lr 3e-3, ~0.1% of a step). The policy's entropy is a mean over
-# tokens that the trainer today averages per process before averaging the processes.
-ATOL = {"curve": 1e-5, "sgd": 1e-5, "adamw": 1e-4, "policy/entropy": 1e-5}
-if not SCALE_OUT_CHANGES:
-    ATOL["policy/entropy"] = 1e-3
+# 1.2e-5 after 4 steps at lr 3e-3, ~0.1% of a step).
+ATOL = {"curve": 1e-5, "sgd": 1e-5, "adamw": 1e-4}
 
 
 def _launch(tmp_path: Path, runs: list[dict], fsdp2: bool = False) -> None:
@@ -96,7 +84,9 @@ def _check_parity(two: Path, one: Path, spec: dict) -> dict[str, float]:
         if key in rows1[0]:
             gaps[key] = max(abs(a[key] - b[key]) for a, b in zip(rows2, rows1))
             atol[key] = ATOL.get(key, ATOL["curve"])
-    names = ["model.safetensors"] + (["ema/model.safetensors"] if spec["alternative"] == "ema" else [])
+    names = ["model.safetensors"]
+    if spec["alternative"] == "ema":
+        names.append("ema/model.safetensors")
     for name in names:
         gaps[name] = _max_diff(two / name, one / name)
         atol[name] = ATOL[spec["optimizer"]]
@@ -110,9 +100,30 @@ def _check_parity(two: Path, one: Path, spec: dict) -> dict[str, float]:
     return gaps
 
 
-def _ddp_parity(tmp_path: Path, common: dict) -> None:
+CONFIGS = [("ddp", "MULTI_GPU"), ("fsdp2", "FSDP"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")]
+
+
+@pytest.mark.parametrize("name,kind", CONFIGS)
+def test_accelerate_configs_load(name, kind):
+    """configs/accelerate/*.yaml are launch configurations accelerate reads as documented."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = Path(__file__).parents[1] / "configs" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    assert config.distributed_type.name == kind and config.mixed_precision == "no"
+    if name == "fsdp2":
+        assert config.fsdp_config["fsdp_version"] == 2
+    if kind == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+        assert config.deepspeed_config["gradient_accumulation_steps"] == 1
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    """DDP as users run it: Nash-MD-PG (SGD, no clipping: an error in the gradient averaging
+    would show in the weights) and Nash-EMA-PG (AdamW, clipping, the EMA compared too), with a
+    warm-up and a linear decay of the learning rate."""
     runs = [
-        {**RUNS[name], **common, "model": "llama", "batch_size": 4,
+        {**RUNS[name], **SCHEDULE, "model": "llama", "batch_size": 4,
          "output_dir": str(tmp_path / f"{name}-2")}
         for name in RUNS
     ]  # fmt: skip
@@ -121,53 +132,37 @@ def _ddp_parity(tmp_path: Path, common: dict) -> None:
         one = tmp_path / f"{name}-1"
         _one_process({**spec, "output_dir": str(one)})
         gaps = _check_parity(tmp_path / f"{name}-2", one, spec)
-        print(name, json.dumps(gaps))
+        print("ddp", name, json.dumps(gaps))
 
 
-@pytest.mark.skipif(not SCALE_OUT_CHANGES, reason=NEEDS_CHANGES)
-def test_ddp_two_processes_match_one_process(tmp_path):
-    """DDP, the trainer as users run it: its own per-sample streams, a warm-up and a linear
-    decay of the learning rate; Nash-MD-PG and Nash-EMA-PG."""
-    _ddp_parity(tmp_path, {**SCHEDULE})
-
-
-@pytest.mark.skipif(SCALE_OUT_CHANGES, reason=SUPERSEDED)
-def test_ddp_two_processes_match_one_process_with_sample_streams(tmp_path):
-    """DDP with the per-sample streams of ``scale_worker`` standing in for the trainer's and a
-    constant learning rate (accelerate steps a prepared scheduler once per process)."""
-    _ddp_parity(tmp_path, {"per_sample_streams": True})
-
-
-def _fsdp2(tmp_path: Path, model: str, alternative: str, streams: bool) -> None:
-    """FSDP2 on 2 CPU processes: the same run as one process, a checkpoint in accelerate's
-    FSDP format, a final policy that loads as a plain Hugging Face model, and a run stopped
-    after 2 steps and resumed that ends where the uninterrupted one ends."""
+def test_fsdp2_on_two_cpu_processes(tmp_path):
+    """FSDP2 on 2 CPU processes with a Llama and Nash-EMA-PG: the same run as one process, a
+    checkpoint in accelerate's FSDP format, a run stopped after 2 steps and resumed that ends
+    bit for bit where the uninterrupted one ends, a final policy that loads as a plain Hugging
+    Face model, and a clear error for plain SGD with checkpoints."""
     # AdamW: torch cannot load a full optimizer state into an FSDP2 optimizer that has no
-    # state tensors (plain SGD), "Expected device to be set" in set_optimizer_state_dict
-    spec = {**RUNS["ema"], "alternative": alternative}
-    spec.update(model=model, batch_size=4, checkpoint_every=2, **({} if streams else SCHEDULE))
+    # state tensors (plain SGD), "Expected device to be set" in set_optimizer_state_dict; the
+    # trainer refuses SGD with checkpoints under FSDP2
+    spec = {**RUNS["ema"], **SCHEDULE, "model": "llama", "batch_size": 4, "checkpoint_every": 2}
     full, split = tmp_path / "full-2", tmp_path / "split-2"
     runs = [
         {**spec, "output_dir": str(full)},
         {**spec, "output_dir": str(split), "stop_after": 2},
         {**spec, "output_dir": str(split), "resume": True},
-    ]
-    parity = full
-    if streams:  # the stand-in streams are not part of a checkpoint: a separate parity run
-        parity = tmp_path / "parity-2"
-        runs.insert(0, {**spec, "output_dir": str(parity), "per_sample_streams": True})
+        {**spec, **RUNS["md"], "output_dir": str(tmp_path / "sgd"),
+         "expect_error": "sgd under FSDP2 cannot resume"},
+    ]  # fmt: skip
     _launch(tmp_path, runs, fsdp2=True)
+    assert not (tmp_path / "sgd").exists()  # refused before anything was written
     ckpt = full / "checkpoint"
     assert (ckpt / "pytorch_model_fsdp.bin").is_file()  # accelerate's FSDP checkpoint
     assert (ckpt / "nlhf_state_rank0.pt").is_file() and (ckpt / "nlhf_state_rank1.pt").is_file()
-    ema = alternative == "ema"
     one = tmp_path / "one"
-    _one_process({**spec, "output_dir": str(one), "per_sample_streams": streams})
-    gaps = _check_parity(parity, one, spec)
-    print(model, alternative, json.dumps(gaps))
+    _one_process({**spec, "output_dir": str(one)})
+    gaps = _check_parity(full, one, spec)
+    print("fsdp2", json.dumps(gaps))
     # resumed == uninterrupted, bit for bit
-    names = ["model.safetensors"] + (["ema/model.safetensors"] if ema else [])
-    for name in names:
+    for name in ("model.safetensors", "ema/model.safetensors"):
         assert _max_diff(split / name, full / name) == 0.0, name
     assert [r["step"] for r in _curves(split)] == [1, 2, 3, 4]
     # the saved policy is whole: it loads and scores like the weights it was saved from
@@ -177,19 +172,3 @@ def _fsdp2(tmp_path: Path, model: str, alternative: str, streams: bool) -> None:
     ids = torch.tensor([[5, 6, 7, 8]])
     logits = loaded(input_ids=ids).logits
     assert torch.isfinite(logits).all() and logits.shape[-1] == len(scale_worker.tokenizer())
-
-
-@pytest.mark.skipif(not SCALE_OUT_CHANGES, reason=NEEDS_CHANGES)
-def test_fsdp2_on_two_cpu_processes(tmp_path):
-    """FSDP2 with a Llama (nn.Linear layers: CPU sampling must leave sharded weights alone)
-    and Nash-EMA-PG (the EMA is a full copy made before the policy is sharded, updated from
-    the gathered parameters), the trainer's own per-sample streams."""
-    _fsdp2(tmp_path, "llama", "ema", streams=False)
-
-
-@pytest.mark.skipif(SCALE_OUT_CHANGES, reason=SUPERSEDED)
-def test_fsdp2_on_two_cpu_processes_with_sample_streams(tmp_path):
-    """FSDP2 as far as the trainer gets today: GPT-2 (its only nn.Linear is the tied head,
-    which the CPU sampler does not pack) and Nash-MD-PG (the EMA cannot be deep-copied from a
-    sharded policy); the stand-in per-sample streams for the parity run."""
-    _fsdp2(tmp_path, "gpt2", "mixture", streams=True)
