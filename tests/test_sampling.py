@@ -360,3 +360,32 @@ def test_shared_prompts_are_encoded_once_per_model(tok):
     b = len(PROMPTS)
     assert pi.rows[0][0] == b and mu.rows[0][0] == b  # the prompts, once
     assert pi.rows[1] == (2 * b, 1) and mu.rows[1] == (2 * b, 1)  # then one token for each copy
+
+
+def test_per_sample_generators_make_a_sample_independent_of_its_batch(tok):
+    """One generator per prompt: a prompt's ``y`` and ``y'`` are the same drawn alone, in a
+    batch, or in another split of the batch (what lets N processes sample what one process
+    samples); the samples still follow the policy and the mixture."""
+    pi, mu = make_lm(tok, 0, spread=0.3), make_lm(tok, 1, spread=0.3)
+    prompts = PROMPTS * 2
+
+    def streams(keys):
+        return [torch.Generator().manual_seed(100 + k) for k in keys]
+
+    kwargs = dict(max_new_tokens=10, reference=mu, beta=0.4)
+    whole = generate_pair(pi, tok, prompts, generator=streams(range(8)), **kwargs)
+    halves = [
+        generate_pair(pi, tok, prompts[i : i + 4], generator=streams(range(i, i + 4)), **kwargs)
+        for i in (0, 4)
+    ]
+    alone = generate_pair(pi, tok, prompts[5:6], generator=streams([5]), **kwargs)
+    for c in range(2):  # y, y'
+        assert whole[c].texts == halves[0][c].texts + halves[1][c].texts
+        assert whole[c].texts[5] == alone[c].texts[0]
+        width = alone[c].response_ids.shape[1]
+        assert torch.equal(whole[c].response_ids[5, :width], alone[c].response_ids[0])
+    assert (mixture_token_logprobs(pi, None, 0.0, whole[0]) - whole[0].logprobs).abs().max() < 1e-5
+    assert (mixture_token_logprobs(pi, mu, 0.4, whole[1]) - whole[1].logprobs).abs().max() < 1e-5
+    assert whole[0].texts != whole[1].texts  # y and y' are different draws
+    with pytest.raises(ValueError, match="3 generators for 8 prompts"):
+        generate(pi, tok, prompts, generator=streams(range(3)))

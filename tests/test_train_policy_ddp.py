@@ -68,7 +68,7 @@ def test_ddp_two_processes_resume_bit_for_bit(tmp_path):
     split = tmp_path / "split" / "checkpoint"
     assert (split / "nlhf_state_rank0.pt").is_file() and (split / "nlhf_state_rank1.pt").is_file()
     ranks = [torch.load(split / f"nlhf_state_rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert not torch.equal(ranks[0]["generators"]["sample"], ranks[1]["generators"]["sample"])
+    assert not torch.equal(ranks[0]["generators"]["label"], ranks[1]["generators"]["label"])
     for name in ("model.safetensors", "ema/model.safetensors"):
         a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "split" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name

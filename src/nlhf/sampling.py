@@ -68,7 +68,11 @@ __all__ = [
     "context_length",
     "EMAPolicy",
     "AdaptersDisabled",
+    "is_dtensor",
 ]
+
+# one generator for a batch, one per prompt (per-sample streams), or the global stream
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 @dataclass
@@ -147,14 +151,16 @@ class EMAPolicy(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, policy: torch.nn.Module) -> None:
-        """``theta_bar <- decay * theta_bar + (1 - decay) * theta`` for every trainable weight."""
+        """``theta_bar <- decay * theta_bar + (1 - decay) * theta`` for every trainable weight
+        (a policy sharded by FSDP2 is gathered weight by weight: call it on every process)."""
         source = dict(policy.named_parameters())
         for name, p_bar in self.model.named_parameters():
             p = source.get(name)
             if p is None:
                 raise ValueError(f"EMA update: the policy has no parameter {name!r}")
             if p.requires_grad:
-                p_bar.lerp_(p.detach().to(p_bar.dtype), 1.0 - self.decay)
+                full = p.full_tensor() if is_dtensor(p) else p  # FSDP2: gather the shards
+                p_bar.lerp_(full.detach().to(p_bar.dtype), 1.0 - self.decay)
 
     def save_pretrained(
         self, path: str | Path, tokenizer=None, dtype: torch.dtype | str | None = None
@@ -277,16 +283,21 @@ def _truncate(logp: torch.Tensor, top_k: int | None, top_p: float | None) -> tor
     return F.log_softmax(logp, dim=-1)
 
 
-def _draw(logp: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _draw(
+    logp: torch.Tensor, generator: torch.Generator | None, u: torch.Tensor | None = None
+) -> torch.Tensor:
     """One token per row from log-probs (B, V) -> (B,), by inverting the CDF.
 
     ``u ~ U[0, 1)`` times the total mass, then the first index whose cumulative probability
     exceeds ``u``: an exact draw (float64 cumulative sums), a token of probability 0 is never
     chosen, and it is ~10x faster than ``torch.multinomial`` for large vocabularies on CPU.
+    ``u`` (B, 1) float64: uniforms drawn beforehand (per-sample streams) instead of from
+    ``generator``.
     """
-    device = generator.device if generator is not None else logp.device
-    cdf = logp.to(device=device, dtype=torch.float64).exp().cumsum(-1)  # (B, V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=device, dtype=torch.float64)
+    if u is None:
+        device = generator.device if generator is not None else logp.device
+        u = torch.rand(logp.shape[0], 1, generator=generator, device=device, dtype=torch.float64)
+    cdf = logp.to(device=u.device, dtype=torch.float64).exp().cumsum(-1)  # (B, V)
     index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (B, 1)
     return index[:, 0].clamp(max=cdf.shape[-1] - 1).to(logp.device)
 
@@ -304,11 +315,12 @@ def generate(
     temperature: float = 1.0,
     reference: torch.nn.Module | None = None,
     beta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     batch_size: int | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     prompt_token_ids: Sequence[Sequence[int]] | None = None,
+    synced: bool = False,
 ) -> Samples:
     """Sample one response per prompt from ``policy`` or from the token-level mixture
     ``softmax((1 - beta) logits_policy + beta logits_reference)`` (paper §6, Nash-MD-PG).
@@ -320,6 +332,13 @@ def generate(
     (:func:`nlhf.models.chat.stop_token_ids`), or after ``max_new_tokens``. The models are run
     in eval mode (dropout off) and restored to their previous mode afterwards.
     ``prompt_token_ids`` (optional) are the prompts already tokenized, to skip re-encoding.
+
+    ``generator``: one generator for the whole batch, or one per prompt (per-sample streams:
+    prompt i's response then depends only on its own generator, not on the rest of the batch,
+    so a batch split over processes samples what the whole batch samples in one process).
+    ``synced=True``: under a distributed launch every process keeps decoding until the rows of
+    all processes are done, as a sharded model's forward (FSDP, ZeRO-3) is a collective that
+    every process must join; the samples are unchanged.
     """
     _check_beta(beta, reference)
     runs = _models_for(policy, reference, beta)  # [(model, weight)]
@@ -330,7 +349,7 @@ def generate(
     )
     (samples,) = _generate(
         plan, tokenizer, prompts, max_new_tokens, temperature, generator, batch_size, top_k,
-        top_p, prompt_token_ids,
+        top_p, prompt_token_ids, synced,
     )  # fmt: skip
     return samples
 
@@ -345,12 +364,13 @@ def generate_pair(
     reference: torch.nn.Module | None = None,
     beta: float = 0.0,
     alternative: torch.nn.Module | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     batch_size: int | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     prompt_token_ids: Sequence[Sequence[int]] | None = None,
     score_reference: bool = False,
+    synced: bool = False,
 ) -> tuple[Samples, Samples]:
     """``y ~ policy`` and ``y' ~`` the alternative for every prompt, sampled in one loop.
 
@@ -360,6 +380,8 @@ def generate_pair(
     for a mixture with ``beta < 1``), the reference one on the B rows of ``y'``: 2 forwards per
     token instead of 3 for Nash-MD-PG, 1 instead of 2 for self-play. Each sample has the same
     distribution as a separate :func:`generate` call (the random stream differs).
+    ``generator`` and ``synced`` as in :func:`generate` (a per-prompt generator draws both
+    of its prompt's samples).
 
     ``score_reference=True`` also fills ``y.reference_logprobs`` with ``log mu(y_n | x, y_<n)``
     at ``temperature``: the reference runs on the rows of ``y`` too (for a mixture that is the
@@ -392,7 +414,7 @@ def generate_pair(
         plan.scored = (0, len(plan.runs) - 1)  # y under the reference, always the last run
     y, y_alt = _generate(
         plan, tokenizer, prompts, max_new_tokens, temperature, generator, batch_size, top_k,
-        top_p, prompt_token_ids,
+        top_p, prompt_token_ids, synced,
     )  # fmt: skip
     return y, y_alt
 
@@ -442,7 +464,7 @@ def _check_vocab(models: Sequence[torch.nn.Module]) -> None:
 
 def _generate(
     plan, tokenizer, prompts, max_new_tokens, temperature, generator, batch_size, top_k, top_p,
-    prompt_token_ids,
+    prompt_token_ids, synced,
 ) -> list[Samples]:  # fmt: skip
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -458,12 +480,15 @@ def _generate(
         if len(prompt_token_ids) != len(prompts):
             raise ValueError(f"{len(prompt_token_ids)} prompt_token_ids for {len(prompts)} prompts")
         encoded = [list(ids) for ids in prompt_token_ids]
+    per_sample = generator is not None and not isinstance(generator, torch.Generator)
+    if per_sample and len(generator) != len(prompts):
+        raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts")
     batch_size = batch_size or len(encoded)
     # parts[i][c]: the tensors of chunk i, copy c
     parts = [
         _generate_batch(
-            plan, tokenizer, encoded[i : i + batch_size], max_new_tokens, temperature, generator,
-            top_k, top_p,
+            plan, tokenizer, encoded[i : i + batch_size], max_new_tokens, temperature,
+            generator[i : i + batch_size] if per_sample else generator, top_k, top_p, synced,
         )
         for i in range(0, len(encoded), batch_size)
     ]  # fmt: skip
@@ -504,7 +529,9 @@ def _assemble(parts, tokenizer, prompts: list[str]) -> Samples:
     )
 
 
-def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, generator, top_k, top_p):
+def _generate_batch(
+    plan, tokenizer, encoded, max_new_tokens, temperature, generator, top_k, top_p, synced
+):
     models = [m for m, _, _ in plan.runs]
     device = _model_device(models[0])
     pad_id = _pad_id(tokenizer)
@@ -523,6 +550,12 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
     prompt_ids, prompt_mask = prompt_ids.repeat(C, 1), prompt_mask.repeat(C, 1)  # (N = C b, P)
     N = C * b
     rows = [slice(c0 * b, c1 * b) for _, c0, c1 in plan.runs]  # rows each model runs on
+    uniforms = None  # per-sample streams: (N, steps), row c b + j from prompt j's generator
+    if generator is not None and not isinstance(generator, torch.Generator):
+        # draw t * C + c of prompt j's stream is copy c's token t: the same whatever the batch
+        u = torch.stack([torch.rand(steps, C, generator=g, dtype=torch.float64) for g in generator])
+        uniforms = u.permute(2, 0, 1).reshape(N, steps).to(device)  # (b, steps, C) -> (N, steps)
+        generator = None
 
     def mixed_log_probs(last_logits: list[torch.Tensor]) -> torch.Tensor:  # -> (N, V)
         out = []
@@ -547,7 +580,7 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
         tokens, masks, logps, scores = [], [], [], []
         for t in range(steps):
             logp = _truncate(mixed_log_probs(last_logits), top_k, top_p)  # (N, V)
-            token = _draw(logp, generator)  # (N,)
+            token = _draw(logp, generator, None if uniforms is None else uniforms[:, t, None])
             live = ~done
             token = torch.where(live, token, torch.full_like(token, pad_id))
             tokens.append(token)
@@ -561,7 +594,7 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
                 chosen = z.gather(-1, token[rows_c, None])[:, 0] - torch.logsumexp(z, -1)
                 scores.append(torch.where(live[rows_c], chosen, 0.0))
             done = done | (live & torch.isin(token, stop_ids))  # EOS or end of turn
-            if bool(done.all()) or t == steps - 1:
+            if _all_done(done, synced) or t == steps - 1:
                 break
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             for k, model in enumerate(models):
@@ -593,6 +626,24 @@ def _generate_batch(plan, tokenizer, encoded, max_new_tokens, temperature, gener
         )
         for c in range(C)
     ]
+
+
+def _all_done(done: torch.Tensor, synced: bool) -> bool:
+    """Whether every row is done; ``synced``: every row of every process."""
+    if not (synced and torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return bool(done.all())
+    flag = done.all().to(torch.int32).reshape(1)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def is_dtensor(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a DTensor (a parameter sharded by FSDP2)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
 
 
 def _prefill(model, prompt_ids, attention, positions, rows: slice, b: int):
@@ -670,6 +721,7 @@ def _packed_linears(models: Sequence[torch.nn.Module], rows: int):
     linears = {
         id(m): m
         for model in models
+        if not any(is_dtensor(p) for p in model.parameters())  # FSDP2 swaps its weights
         for m in model.modules()
         if type(m) is torch.nn.Linear
         and m.weight.dtype == torch.float32

@@ -23,7 +23,9 @@ three scores the update uses is chosen once, before the loop (:func:`make_scorer
 One iteration (:func:`train_policy`, top to bottom):
 
 1. learning rate from the schedule;
-2. per micro-batch: sample ``y ~ pi_theta`` and ``y' ~ pi'`` (KV-cached, ``nlhf.sampling``);
+2. per micro-batch: sample ``y ~ pi_theta`` and ``y' ~ pi'`` (KV-cached, ``nlhf.sampling``),
+   each sample from its own generator (:func:`sample_generators`: N processes sample what one
+   process samples);
 3. score the decoded texts (the judge may use its own tokenizer): ``P(y > y'|x) - 1/2``, a
    sampled label - 1/2, or a reward minus a baseline;
 4. advantages per token: ``A_n = P - 1/2 - tau * sum_{m >= n} log(pi/mu)(y_m)`` (detached);
@@ -40,6 +42,8 @@ Nash equilibrium ``pi*_tau`` as ``beta -> 0`` (in the tabular Nash-MD, ``beta = 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
 import math
 import time
@@ -87,6 +91,7 @@ __all__ = [
     "load_prompts",
     "make_scorer",
     "policy_gradient_loss",
+    "sample_generators",
 ]
 
 
@@ -321,9 +326,11 @@ def _float_dtype(model: torch.nn.Module, what: str) -> torch.dtype:
     return max(dtypes, key=lambda d: torch.finfo(d).bits)
 
 
-def _load_judge(cfg: PolicyTrainConfig, judge) -> tuple[Judge, str | None]:
-    """The judge (``cfg.judge`` resolved unless an object is given) and the name its errors
-    carry (``--judge SPEC``; an object is named by its class)."""
+def _load_judge(
+    cfg: PolicyTrainConfig, judge, device: torch.device | None = None
+) -> tuple[Judge, str | None]:
+    """The judge (``cfg.judge`` resolved on ``device`` unless an object is given) and the name
+    its errors carry (``--judge SPEC``; an object is named by its class)."""
     what = None
     if judge is None:
         if cfg.judge is None:
@@ -331,7 +338,7 @@ def _load_judge(cfg: PolicyTrainConfig, judge) -> tuple[Judge, str | None]:
         from nlhf.models.judges import resolve_judge
 
         with quiet_loading():
-            judge = resolve_judge(cfg.judge, batch_size=cfg.judge_batch_size)
+            judge = resolve_judge(cfg.judge, device=device, batch_size=cfg.judge_batch_size)
         what = f"--judge {cfg.judge}"
     name = what or "judge"
     if cfg.reward_model and not callable(getattr(judge, "reward", None)):
@@ -481,6 +488,46 @@ def make_scorer(
 
 
 # --------------------------------------------------------------------------------------------
+# scale-out: random streams per sample, frozen models under sharding
+
+
+def sample_generators(seed: int, first: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per sample, for samples ``first .. first + count - 1`` of the run's
+    global sample stream (the same numbering as the prompts, ``shuffled_indices``). A sample's
+    ``y`` and ``y'`` then depend only on ``(seed, its index)``: not on how a step's global batch
+    is split over processes and micro-batches, and not on any state a resume must restore."""
+    generators = []
+    for k in range(first, first + count):
+        key = hashlib.blake2b(f"nlhf-sample:{seed}:{k}".encode(), digest_size=8).digest()
+        generators.append(torch.Generator().manual_seed(int.from_bytes(key) >> 1))
+    return generators
+
+
+def _shard_frozen(model: torch.nn.Module) -> None:
+    """FSDP2 for a frozen model (the reference): its transformer blocks and then the whole
+    model sharded over the processes with ``fully_shard``; a forward gathers the weights."""
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in list(model.modules()):
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+
+
+def _gathered(accelerator, model: torch.nn.Module):
+    """DeepSpeed ZeRO-3 partitions the weights: gather the trainable ones to read them whole
+    (the EMA update); nothing to do otherwise (FSDP2's DTensors are gathered by the EMA)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        import deepspeed
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        return deepspeed.zero.GatheredParameters(params)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------
 # the trainer
 
 
@@ -520,7 +567,6 @@ def train_policy(
         raise ValueError("prompts: give a prompt file (--prompts FILE)")
     prompts = list(prompts) if prompts is not None else load_prompts(cfg.prompts)
     prompt_ids = _check_prompts(prompts, tokenizer, policy, cfg.max_new_tokens)
-    judge, judge_name = _load_judge(cfg, judge)
     check_trackers(cfg.log_with)
 
     reset_accelerate_state()
@@ -529,8 +575,23 @@ def train_policy(
         mixed_precision=cfg.mixed_precision,
         log_with=list(cfg.log_with) or None,
         project_dir=str(out),
+        # one schedule step per optimizer step on any number of processes (accelerate would
+        # step a prepared scheduler once per process: its data loaders grow with the processes)
+        step_scheduler_with_optimizer=False,
     )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and cfg.grad_accum > 1:
+        raise ValueError(
+            f"grad_accum: {cfg.grad_accum} under DeepSpeed; its engine steps inside every "
+            "backward, so use --grad-accum 1 (a larger --batch-size or more processes instead)"
+        )
+    if accelerator.is_fsdp2 and cfg.optimizer == "sgd" and (cfg.checkpoint_every or cfg.resume):
+        raise ValueError(
+            "optimizer: sgd under FSDP2 cannot resume from its checkpoints (torch cannot load an "
+            "optimizer state without state tensors into a sharded optimizer); use --optimizer "
+            "adamw, or --checkpoint-every 0"
+        )
     device = accelerator.device
+    judge, judge_name = _load_judge(cfg, judge, device)  # a replica on each process's device
     is_main = accelerator.is_main_process
     judge_path = cfg.judge if cfg.judge is not None and Path(cfg.judge).exists() else None
     run = RunDirectory(
@@ -573,6 +634,11 @@ def train_policy(
         reference.eval()
     policy.eval()  # dropout off: the gradient is of the distribution we sample from
 
+    ema = None
+    if cfg.alternative == "ema":  # a full copy, made before the policy is wrapped or sharded
+        ema = EMAPolicy(policy, decay=cfg.ema_decay).to(device)
+        accelerator.register_for_checkpointing(ema)
+
     params = [p for p in policy.parameters() if p.requires_grad]  # float32 master weights
     if cfg.optimizer == "adamw":
         fused = device.type in ("cpu", "cuda")  # one kernel for all tensors, not one per op
@@ -585,6 +651,8 @@ def train_policy(
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     if reference is not None:
         reference.to(device)
+        if accelerator.is_fsdp2:  # frozen, sharded like the policy (never in the optimizer)
+            _shard_frozen(reference)
     else:  # LoRA: the base model with the adapters disabled (shared weights, own KV cache)
         reference = AdaptersDisabled(accelerator.unwrap_model(policy)).eval()
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
@@ -593,17 +661,10 @@ def train_policy(
         # FSDP / DeepSpeed gather parameters in the wrapped forward; DDP's wrapper is not needed.
         return policy if sharded else accelerator.unwrap_model(policy)
 
-    ema = None
-    if cfg.alternative == "ema":
-        ema = EMAPolicy(accelerator.unwrap_model(policy), decay=cfg.ema_decay).to(device)
-        accelerator.register_for_checkpointing(ema)
-
-    # --- random streams (part of the checkpoint; the data order is a function of the step) ---
+    # --- random streams: sampling per sample (sample_generators, a function of the step like
+    #     the data order); the model-free labels per process (part of the checkpoint) ---
     rank, world = accelerator.process_index, accelerator.num_processes
-    generators = {
-        "sample": torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank),
-        "label": torch.Generator().manual_seed(cfg.seed * 104_729 + rank),
-    }
+    generators = {"label": torch.Generator().manual_seed(cfg.seed * 104_729 + rank)}
     state_file = f"nlhf_state_rank{rank}.pt"  # per process: each rank has its own generators
     scorer = make_scorer(cfg, judge, generators["label"], judge_name)
 
@@ -626,7 +687,9 @@ def train_policy(
     score_in_loop = (
         scorer.needs_alternative and ema is None and beta_alt > 0 and cfg.mixed_precision == "no"
     )
-    sample_kwargs = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    sample_kwargs = dict(
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, synced=sharded
+    )
     checks_grad = accelerator.scaler is None  # fp16's scaler skips overflowing steps itself
     takes_alternative = _takes_alternative(callback)
 
@@ -675,6 +738,7 @@ def train_policy(
                 batch_index = shuffled_indices(len(prompts), cfg.seed, first, micro_bs)
                 batch_prompts = [prompts[i] for i in batch_index]
                 batch_ids = [prompt_ids[i] for i in batch_index]
+                streams = sample_generators(cfg.seed, first, micro_bs)
 
                 # 2. sample y ~ pi_theta and y' ~ pi' (no gradient)
                 t_sample = time.perf_counter()
@@ -682,7 +746,7 @@ def train_policy(
                     if scorer.needs_alternative:  # one sampling loop; the policy's rows batched
                         y, y_alt = generate_pair(
                             sampling_policy(), tokenizer, batch_prompts, reference=reference,
-                            beta=beta_alt, alternative=ema, generator=generators["sample"],
+                            beta=beta_alt, alternative=ema, generator=streams,
                             prompt_token_ids=batch_ids, score_reference=score_in_loop,
                             **sample_kwargs,
                         )  # fmt: skip
@@ -690,7 +754,7 @@ def train_policy(
                         y_alt = None
                         y = generate(
                             sampling_policy(), tokenizer, batch_prompts,
-                            generator=generators["sample"], prompt_token_ids=batch_ids,
+                            generator=streams, prompt_token_ids=batch_ids,
                             **sample_kwargs,
                         )  # fmt: skip
                 add("time/sample", time.perf_counter() - t_sample)
@@ -726,7 +790,8 @@ def train_policy(
                     with accelerator.no_sync(policy):
                         accelerator.backward(loss / cfg.grad_accum)
 
-                add("policy/entropy", (entropy * mask).sum() / mask.sum().clamp(min=1))
+                add("entropy_sum", (entropy * mask).sum())  # a mean over all tokens, below
+                add("tokens", mask.sum())
                 add("loss/total", loss.detach())
                 for k, v in terms.items():
                     add(k, v)
@@ -744,15 +809,19 @@ def train_policy(
                 keys = sorted(sums)
                 values = torch.tensor([sums[k] for k in keys], device=device)
                 sums = dict(zip(keys, accelerator.reduce(values, "mean").tolist()))
+            sums["policy/entropy"] = sums.pop("entropy_sum") / max(sums.pop("tokens"), 1.0)
             checked = {"loss": sums["loss/total"]}
             if checks_grad:
                 checked["grad_norm"] = sums["grad/norm"]
             check_finite_step(step + 1, out, **checked)
             optimizer.step()
-            scheduler.step()
+            if not optimizer.step_was_skipped:  # fp16: the scaler skips overflowing steps
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update(accelerator.unwrap_model(policy))
+                trained = accelerator.unwrap_model(policy)
+                with _gathered(accelerator, trained):
+                    ema.update(trained)
 
             # 7. log, callback, checkpoint (a step is logged before it is checkpointed, so a
             #    resumed run has every step in metrics.jsonl exactly once)
