@@ -463,8 +463,8 @@ def test_cli_train_with_a_bad_python_judge(tmp_path, capsys):
     ]
     argv += ["--steps", "1", "--batch-size", "2", "--max-new-tokens", "3", "--no-progress"]
     for fn, expected in (
-        ("verdicts", "judge judges.verdicts: returned str 'A' at index 0, not a number"),
-        ("crashing", "judge judges.crashing: raised ValueError: no API key (at judges.py:5 in"),
+        ("verdicts", "(judge judges.verdicts): returned str 'A' at index 0, not a number"),
+        ("crashing", "(judge judges.crashing): raised ValueError: no API key (at judges.py:5 in"),
     ):
         out = tmp_path / fn
         rc = main([*argv, "--judge", f"python:{judges}:{fn}", "--output-dir", str(out)])

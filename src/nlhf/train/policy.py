@@ -81,8 +81,8 @@ from nlhf.train.run import (
     check_finite_weights,
     check_trackers,
     lr_factor,
-    reset_accelerate_state,
     shuffled_indices,
+    start_accelerator,
 )
 
 __all__ = [
@@ -554,7 +554,6 @@ def train_policy(
     Everything is checked before the output directory is touched (``nlhf.train.run``); a
     ``--resume`` of a finished run does nothing.
     """
-    from accelerate import Accelerator
     from accelerate.utils import DistributedType
     from tqdm.auto import tqdm
 
@@ -569,10 +568,9 @@ def train_policy(
     prompt_ids = _check_prompts(prompts, tokenizer, policy, cfg.max_new_tokens)
     check_trackers(cfg.log_with)
 
-    reset_accelerate_state()
-    accelerator = Accelerator(
-        cpu=cfg.cpu,
-        mixed_precision=cfg.mixed_precision,
+    accelerator, _ = start_accelerator(
+        cfg.mixed_precision,
+        cfg.cpu,
         log_with=list(cfg.log_with) or None,
         project_dir=str(out),
         # one schedule step per optimizer step on any number of processes (accelerate would
@@ -603,10 +601,7 @@ def train_policy(
     )  # fmt: skip
     start = run.check(cfg.steps)
     if run.finished is not None:
-        accelerator.print(
-            f"nothing to do: the run in {out} finished at step {run.finished.step} "
-            "(start a new one with --overwrite or another --output-dir)"
-        )
+        accelerator.print(run.nothing_to_do)
         return out
     reference_print = _fingerprint(reference) if reference is not None else None
     if start is not None and start.extra.get("reference") not in (None, reference_print):
