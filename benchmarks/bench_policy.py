@@ -209,6 +209,7 @@ def worker_nlhf(args) -> dict:
         lr=1e-5,
         max_grad_norm=0.0,
         checkpoint_every=0,
+        overwrite=True,  # the same output directory in every round
         progress=False,
         cpu=device == "cpu",
         seed=args.seed,
