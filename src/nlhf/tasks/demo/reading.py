@@ -382,10 +382,11 @@ def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: floa
             text = "learned a style cycle, so its Nash solution is a mixture."
         else:
             top, second = STYLES.index(order[0]), STYLES.index(order[1])
-            steps = " > ".join(
-                f"{a} ({G[STYLES.index(a), STYLES.index(b)]:.3f})" for a, b in zip(order, order[1:])
+            steps = ", ".join(
+                f"{a} > {b} (P {G[STYLES.index(a), STYLES.index(b)]:.3f})"
+                for a, b in zip(order, order[1:])
             )
-            text = f"ranks the styles transitively: {steps} > {order[-1]}"
+            text = f"ranks the styles transitively: {steps}"
             text += (
                 f", so a policy that optimises it is pushed toward `{order[0]}`."
                 if G[top, second] > 0.55
