@@ -1,4 +1,4 @@
-"""The tournament recovers a known answer (issue 5): three real GPT-2 checkpoints that each emit
+"""The tournament recovers a known answer: three real GPT-2 checkpoints that each emit
 one style, and a judge equal to a known Condorcet style game."""
 
 from __future__ import annotations
