@@ -638,3 +638,69 @@ def drop_shared_prompts(
     train_prompts = {as_text(c.prompt) for c in train}
     kept = [c for c in evals if as_text(c.prompt) not in train_prompts]
     return kept, len(evals) - len(kept)
+
+
+def train_and_eval(
+    cfg: Any,
+    load: Callable[[str, str | None], Sequence[Any]],
+    train: Sequence[Any] | None,
+    evals: Sequence[Any] | None,
+    say: Callable[[str], None],
+    noun: str,
+) -> tuple[list[Any], list[Any]]:
+    """A trainer's training and held-out rows (comparisons or demonstrations, named ``noun``):
+    ``train`` / ``evals`` as given in memory, else from ``cfg.data`` / ``cfg.eval_data``
+    through ``load(path, split)``, a ``cfg.eval_split`` of ``cfg.data`` (one read) or a
+    prompt-disjoint ``cfg.eval_fraction`` of the training rows. Eval rows whose prompt is also in
+    training are dropped (and it is an error when that leaves none) unless
+    ``cfg.allow_shared_eval_prompts``. ``load``'s result may carry ``skipped`` rows
+    (``--skip-invalid``), which ``say`` reports."""
+
+    def read(path: str, split: str | None) -> Sequence[Any]:
+        rows = load(path, split)
+        if getattr(rows, "skipped", None):
+            say(rows.skipped_summary())  # type: ignore[attr-defined]
+        return rows
+
+    eval_from_data = evals is None and cfg.eval_data is None and cfg.eval_split is not None
+    if train is None:
+        if cfg.data is None:
+            raise ValueError(f"data: give a {noun} file, dataset directory or hub name")
+        rows = read(cfg.data, None if eval_from_data else cfg.split)
+        if eval_from_data:  # one read of data, both splits taken from it
+            evals = [r for r in rows if r.split == cfg.eval_split]
+            if not evals:
+                raise ValueError(f"eval_split: no rows of split {cfg.eval_split!r} in {cfg.data}")
+            wanted = cfg.split or None
+            train = [
+                r for r in rows if (r.split == wanted if wanted else r.split != cfg.eval_split)
+            ]
+        else:
+            train = rows
+    train = list(train)
+    if evals is None:
+        if cfg.eval_data is not None:
+            evals = read(cfg.eval_data, cfg.eval_split)
+        elif cfg.eval_split is not None:
+            raise ValueError("eval_split: give eval_data or data to take the split from")
+        elif cfg.eval_fraction > 0:
+            train, evals = split_by_prompt(train, cfg.eval_fraction, cfg.seed)
+        else:
+            evals = []
+    evals = list(evals)
+    if not cfg.allow_shared_eval_prompts:
+        kept, dropped = drop_shared_prompts(train, evals)
+        if evals and not kept:
+            source = cfg.eval_data or (f"split {cfg.eval_split!r}" if cfg.eval_split else "eval")
+            raise ValueError(
+                f"eval_data: every one of the {len(evals)} eval {noun} ({source}) has a prompt "
+                "that also occurs in the training data, so nothing would be held out; give eval "
+                f"{noun} on other prompts, or pass --allow-shared-eval-prompts to evaluate on "
+                "them anyway"
+            )
+        if dropped:
+            say(f"dropped {dropped} eval {noun} whose prompt is also in the training data")
+        evals = kept
+    if not train:
+        raise ValueError(f"data: no training {noun} left")
+    return train, evals

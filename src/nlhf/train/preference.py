@@ -39,13 +39,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from nlhf.data import (
-    Comparison,
-    as_text,
-    drop_shared_prompts,
-    load_comparisons,
-    split_by_prompt,
-)
+from nlhf.data import Comparison, as_text, load_comparisons
+from nlhf.data.loaders import train_and_eval
 from nlhf.jsonio import write_json
 from nlhf.models.checkpoint import (
     check_weights,
@@ -208,64 +203,6 @@ class PreferenceTrainConfig:
 # ----------------------------------------------------------------------------- data
 
 
-def _load_data(
-    cfg: PreferenceTrainConfig,
-    train: list[Comparison] | None,
-    evals: list[Comparison] | None,
-    say,
-) -> tuple[list[Comparison], list[Comparison]]:
-    eval_from_data = evals is None and cfg.eval_data is None and cfg.eval_split is not None
-    if train is None:
-        if cfg.data is None:
-            raise ValueError("data: give a comparisons file, dataset directory or hub name")
-        rows = load_comparisons(
-            cfg.data, cfg.format, None if eval_from_data else cfg.split, cfg.skip_invalid
-        )
-        if rows.skipped:
-            say(rows.skipped_summary())
-        if eval_from_data:  # one read of data, both splits taken from it
-            evals = [c for c in rows if c.split == cfg.eval_split]
-            if not evals:
-                raise ValueError(f"eval_split: no rows of split {cfg.eval_split!r} in {cfg.data}")
-            wanted = (
-                (lambda c: c.split == cfg.split)
-                if cfg.split
-                else (lambda c: c.split != cfg.eval_split)
-            )
-            train = [c for c in rows if wanted(c)]
-        else:
-            train = list(rows)
-    train = list(train)
-    if evals is None:
-        if cfg.eval_data is not None:
-            evals = load_comparisons(cfg.eval_data, cfg.format, cfg.eval_split, cfg.skip_invalid)
-            if evals.skipped:
-                say(evals.skipped_summary())
-        elif cfg.eval_split is not None:
-            raise ValueError("eval_split: give eval_data or data to take the split from")
-        elif cfg.eval_fraction > 0:
-            train, evals = split_by_prompt(train, cfg.eval_fraction, cfg.seed)
-        else:
-            evals = []
-    evals = list(evals)
-    if not cfg.allow_shared_eval_prompts:
-        kept, dropped = drop_shared_prompts(train, evals)
-        if evals and not kept:
-            source = cfg.eval_data or (f"split {cfg.eval_split!r}" if cfg.eval_split else "eval")
-            raise ValueError(
-                f"eval_data: every one of the {len(evals)} eval comparisons ({source}) has a "
-                "prompt that also occurs in the training data, so nothing would be held out; "
-                "give eval comparisons on other prompts, or pass --allow-shared-eval-prompts "
-                "to evaluate on them anyway"
-            )
-        if dropped:
-            say(f"dropped {dropped} eval comparisons whose prompt is also in the training data")
-        evals = kept
-    if not train:
-        raise ValueError("data: no training comparisons left")
-    return train, evals
-
-
 def _build_model(cfg: PreferenceTrainConfig, train: list[Comparison]) -> ScoringModel:
     """The model to train: a new head on the ``model`` checkpoint (checked: the path exists or
     is a hub name, the weight files are intact, the tokenizer loads and fits the backbone's
@@ -334,7 +271,11 @@ def train_preference(
     is_main = accelerator.is_main_process
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    train, evals = _load_data(cfg, train, eval, say)
+    train, evals = train_and_eval(
+        cfg,
+        lambda path, split: load_comparisons(path, cfg.format, split, cfg.skip_invalid),
+        train, eval, say, "comparisons",
+    )  # fmt: skip
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.batch_size))
     world = accelerator.num_processes
     per_process = per_process_batch(cfg.batch_size, cfg.grad_accum, world, " comparisons")

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from nlhf.data.demonstrations import Demonstration, load_demonstrations
-from nlhf.data.loaders import drop_shared_prompts, split_by_prompt
+from nlhf.data.loaders import train_and_eval
 from nlhf.data.schema import as_text
 from nlhf.jsonio import write_json
 from nlhf.models.chat import render_prompt_ids, render_response_ids, response_text
@@ -203,55 +203,11 @@ def load_sft_data(
     """Training and held-out demonstrations: from memory, ``data``/``eval_data``, a split of
     ``data`` or a prompt-disjoint share of it; eval never shares a prompt with train."""
     train, evals = _in_memory(train, cfg, cfg.split), _in_memory(evals, cfg, cfg.eval_split)
-    eval_from_data = evals is None and cfg.eval_data is None and cfg.eval_split is not None
-    if train is None:
-        if cfg.data is None:
-            raise ValueError("data: give a demonstrations file, dataset directory or hub name")
-        rows = load_demonstrations(
-            cfg.data, cfg.format, None if eval_from_data else cfg.split, cfg.skip_invalid
-        )
-        if rows.skipped:
-            say(rows.skipped_summary())
-        if eval_from_data:  # one read of data, both splits taken from it
-            evals = [d for d in rows if d.split == cfg.eval_split]
-            if not evals:
-                raise ValueError(f"eval_split: no rows of split {cfg.eval_split!r} in {cfg.data}")
-            train = [
-                d
-                for d in rows
-                if (d.split == cfg.split if cfg.split else d.split != cfg.eval_split)
-            ]
-        else:
-            train = list(rows)
-    train = list(train)
-    if evals is None:
-        if cfg.eval_data is not None:
-            evals = load_demonstrations(cfg.eval_data, cfg.format, cfg.eval_split, cfg.skip_invalid)
-            if evals.skipped:
-                say(evals.skipped_summary())
-        elif cfg.eval_split is not None:
-            raise ValueError("eval_split: give eval_data or data to take the split from")
-        elif cfg.eval_fraction > 0:
-            train, evals = split_by_prompt(train, cfg.eval_fraction, cfg.seed)
-        else:
-            evals = []
-    evals = list(evals)
-    if not cfg.allow_shared_eval_prompts:
-        kept, dropped = drop_shared_prompts(train, evals)
-        if evals and not kept:
-            source = cfg.eval_data or (f"split {cfg.eval_split!r}" if cfg.eval_split else "eval")
-            raise ValueError(
-                f"eval_data: every one of the {len(evals)} eval demonstrations ({source}) has "
-                "a prompt that also occurs in the training data, so nothing would be held out; "
-                "give eval demonstrations on other prompts, or pass --allow-shared-eval-prompts "
-                "to evaluate on them anyway"
-            )
-        if dropped:
-            say(f"dropped {dropped} eval demonstrations whose prompt is also in the training data")
-        evals = kept
-    if not train:
-        raise ValueError("data: no training demonstrations left")
-    return train, evals
+
+    def load(path: str, split: str | None):
+        return load_demonstrations(path, cfg.format, split, cfg.skip_invalid)
+
+    return train_and_eval(cfg, load, train, evals, say, "demonstrations")
 
 
 def _in_memory(items, cfg: SFTTrainConfig, split: str | None) -> list[Demonstration] | None:
