@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["LOCK", "DirectoryLock", "check_output_dir"]
+__all__ = ["LOCK", "DirectoryLock", "check_output_dir", "is_inside"]
 
 LOCK = ".nlhf-run.lock"
 
@@ -37,6 +37,15 @@ def check_output_dir(path: str | Path, flag: str = "--output-dir") -> Path:
         what = "written to" if parent == out else f"created ({parent} is not writable)"
         raise ValueError(f"{flag}: {out} cannot be {what}")
     return out
+
+
+def is_inside(path: str | Path, directory: str | Path) -> bool:
+    """Whether ``path`` is ``directory`` or below it (symbolic links resolved)."""
+    try:
+        Path(path).resolve().relative_to(Path(directory).resolve())
+        return True
+    except ValueError:
+        return False
 
 
 class DirectoryLock:

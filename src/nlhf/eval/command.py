@@ -35,7 +35,7 @@ from nlhf.eval.tournament import (
     parse_policy_specs,
     run_tournament,
 )
-from nlhf.locking import DirectoryLock, check_output_dir
+from nlhf.locking import DirectoryLock, check_output_dir, is_inside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,14 +65,6 @@ def parse_training_curves(specs: list[str]) -> dict[str, Path]:
     return curves
 
 
-def _inside(path: Path, directory: Path) -> bool:
-    try:
-        path.resolve().relative_to(directory.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     from nlhf.eval.report import clear_stale_staging, report_extras, write_report
     from nlhf.models.judges import resolve_judge
@@ -89,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if Path(cfg.judge).is_dir():
         inputs[f"--judge {cfg.judge}"] = Path(cfg.judge)
     for what, src in inputs.items():
-        if _inside(out, src):
+        if is_inside(out, src):
             raise ValueError(
                 f"--output-dir: {out} is inside the {what} ({src}); the report would be written "
                 "into an input: choose another --output-dir"

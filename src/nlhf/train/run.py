@@ -59,7 +59,7 @@ import torch
 
 from nlhf.config import save_yaml, to_dict
 from nlhf.jsonio import dumps, write_json
-from nlhf.locking import LOCK, DirectoryLock, check_output_dir
+from nlhf.locking import LOCK, DirectoryLock, check_output_dir, is_inside
 from nlhf.models.checkpoint import first_line
 
 __all__ = [
@@ -274,6 +274,19 @@ class RunDirectory:
 
     # -- 1. validate (writes nothing) --------------------------------------------------------
 
+    @classmethod
+    def for_data_trainer(cls, cfg: Any, accelerator: Any) -> RunDirectory:
+        """The run directory of a trainer that starts from ``cfg.model`` / ``cfg.tokenizer``
+        (or ``cfg.random_init``) and reads ``cfg.data`` / ``cfg.eval_data`` (``nlhf sft``,
+        ``nlhf train-preference``); local model and tokenizer paths are its inputs."""
+        local = {name: path for name in ("model", "tokenizer") if (path := getattr(cfg, name))}
+        return cls(
+            cfg.output_dir, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
+            inputs={k: v for k, v in local.items() if Path(v).exists()},
+            reads=[cfg.data, cfg.eval_data, cfg.random_init], may_change=cfg.may_change,
+            is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone,
+        )  # fmt: skip
+
     def check(self, total_steps: int | None = None) -> Checkpoint | None:
         """Validate the output directory against the config; return the checkpoint to resume
         from (None for a fresh start, or when :attr:`finished` is set). ``total_steps`` is the
@@ -283,7 +296,7 @@ class RunDirectory:
         check_finite_config(self.config)
         check_output_dir(out, flag="output_dir")
         for name, src in self.inputs.items():
-            if _inside(src, out) and not self.overwrite:
+            if is_inside(src, out) and not self.overwrite:
                 raise ValueError(
                     f"output_dir: {out} is (or contains) the {name} {src} this run reads; "
                     "training in place would overwrite it: choose another --output-dir "
@@ -371,7 +384,7 @@ class RunDirectory:
         self.barrier()  # every process has checked before anything changes
         if self.is_main:
             self._lock.acquire()  # creates the directory
-            in_place = any(_inside(src, self.path) for src in self.inputs.values())
+            in_place = any(is_inside(src, self.path) for src in self.inputs.values())
             if self.start is None and self.overwrite and not in_place:
                 _clear_run(self.path, keep=self.reads)
             shutil.rmtree(self.path / FINAL_TMP, ignore_errors=True)
@@ -545,20 +558,12 @@ def _clear_run(out: Path, keep: Iterable[Path] = ()) -> None:
         return
     keep = list(keep)
     for entry in out.iterdir():
-        if entry.name == LOCK or any(_inside(k, entry) for k in keep):
+        if entry.name == LOCK or any(is_inside(k, entry) for k in keep):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
-
-
-def _inside(path: Path, directory: Path) -> bool:
-    try:
-        path.resolve().relative_to(directory.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def _fsync_dir(path: Path) -> None:

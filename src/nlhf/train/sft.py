@@ -469,13 +469,7 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
     world = accelerator.num_processes
     per_process = per_process_batch(cfg.batch_size, cfg.grad_accum, world)
     micro = per_process * world
-    local = {name: path for name in ("model", "tokenizer") if (path := getattr(cfg, name))}
-    run = RunDirectory(
-        out, cfg, resume=cfg.resume, overwrite=cfg.overwrite,
-        inputs={k: v for k, v in local.items() if Path(v).exists()},
-        reads=[cfg.data, cfg.eval_data, cfg.random_init], may_change=cfg.may_change,
-        is_main=is_main, barrier=accelerator.wait_for_everyone,
-    )  # fmt: skip
+    run = RunDirectory.for_data_trainer(cfg, accelerator)
     start = run.check(total_steps)
     if run.finished is not None:
         say(run.nothing_to_do)
