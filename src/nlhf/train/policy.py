@@ -694,17 +694,11 @@ def train_policy(
             callback(step, accelerator.unwrap_model(policy), record, **extra)
 
     # --- the run directory: lock, config.yaml, resume ---
-    run.open()
-    start_step = 0
+    start_step = run.open_and_resume(accelerator, accelerator.print)
     if run.start is not None:
-        accelerator.load_state(str(run.start.path))
         state = torch.load(run.start.path / state_file, weights_only=True)
         for k, g in generators.items():
             g.set_state(state["generators"][k])
-        start_step = run.start.step
-        accelerator.print(f"resumed from {run.start.path} at step {start_step}")
-    elif cfg.resume:
-        accelerator.print(f"resume: no complete checkpoint in {out} yet; starting at step 0")
     last_step = cfg.steps if cfg.stop_after is None else min(cfg.steps, start_step + cfg.stop_after)
     if cfg.log_with:
         accelerator.init_trackers("nlhf-train", config=to_dict(cfg))

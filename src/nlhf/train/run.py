@@ -416,6 +416,19 @@ class RunDirectory:
 
     # -- 3. checkpoints ----------------------------------------------------------------------
 
+    def open_and_resume(self, accelerator: Any, say: Callable[[str], None], state: str = "") -> int:
+        """:meth:`open`, then restore accelerate's state (model, optimizer, scheduler, RNGs)
+        from the checkpoint's ``state`` subdirectory when resuming; returns the step to start
+        from (0 for a new run)."""
+        self.open()
+        if self.start is None:
+            if self.resume:
+                say(f"resume: no complete checkpoint in {self.path} yet; starting at step 0")
+            return 0
+        accelerator.load_state(str(self.start.path / state))
+        say(f"resumed from {self.start.path} at step {self.start.step}")
+        return self.start.step
+
     def save_checkpoint(
         self, step: int, write: Callable[[Path], None], extra: Mapping[str, Any] | None = None
     ) -> Path:

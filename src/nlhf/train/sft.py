@@ -526,14 +526,7 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
         accelerator.save_state(str(directory / "state"))
 
     # --- the run directory: lock, config.yaml, resume ---
-    run.open()
-    start_step = 0
-    if run.start is not None:
-        accelerator.load_state(str(run.start.path / "state"))
-        start_step = run.start.step
-        say(f"resumed from {run.start.path} at step {start_step}")
-    elif cfg.resume:
-        say(f"resume: no complete checkpoint in {out} yet; starting at step 0")
+    start_step = run.open_and_resume(accelerator, say, state="state")
     model.train()
     t0 = time.perf_counter()
     window_nll, window_tokens = 0.0, 0
