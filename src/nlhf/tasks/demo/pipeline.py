@@ -228,14 +228,21 @@ class Pipeline:
         return [s for s in stages if not self.up_to_date(s, self.input_hash(s))]
 
     # ------------------------------------------------------------------ running
-    def run(self, stage: Stage) -> Path:
-        """Run ``stage`` in this process unless it is up to date; returns its directory."""
+    def _due(self, stage: Stage) -> str | None:
+        """``stage``'s input hash if it must run; None (logged as skipped) if up to date."""
         self.settle(stage.name)
         want = self.input_hash(stage)
         self.settle(stage.name, want)
-        if self.up_to_date(stage, want):
-            self.log(f"{self._prefix(stage)}{stage.title}: up to date, skipped ({stage.name})")
-            self.skipped.append(stage.name)
+        if not self.up_to_date(stage, want):
+            return want
+        self.log(f"{self._prefix(stage)}{stage.title}: up to date, skipped ({stage.name})")
+        self.skipped.append(stage.name)
+        return None
+
+    def run(self, stage: Stage) -> Path:
+        """Run ``stage`` in this process unless it is up to date; returns its directory."""
+        want = self._due(stage)
+        if want is None:
             return self.root / stage.name
         self.log(f"{self._prefix(stage)}{stage.title} ({stage.name})")
         partial = self._begin(stage)
@@ -259,13 +266,8 @@ class Pipeline:
 
         todo: list[tuple[Stage, str]] = []
         for stage in stages:
-            self.settle(stage.name)
-            want = self.input_hash(stage)
-            self.settle(stage.name, want)
-            if self.up_to_date(stage, want):
-                self.log(f"{self._prefix(stage)}{stage.title}: up to date, skipped ({stage.name})")
-                self.skipped.append(stage.name)
-            else:
+            want = self._due(stage)
+            if want is not None:
                 todo.append((stage, want))
         if len(todo) <= 1 or workers <= 1:
             for stage, _ in todo:
