@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -181,9 +180,10 @@ def main() -> None:
             abs(x - y) for v in probabilities.values() for x, y in zip(v, probabilities[base_level])
         ),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    from nlhf.jsonio import dumps, write_json
+
+    write_json(args.out, result)  # non-finite numbers as null
+    print(dumps(result, indent=2))
 
 
 def _version(dist: str) -> str | None:

@@ -218,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    from nlhf.jsonio import dumps, write_json
+
+    write_json(args.out, result)  # non-finite numbers as null
+    print(dumps(result, indent=2))
     return 0
 
 

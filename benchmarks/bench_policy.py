@@ -606,9 +606,10 @@ def main(argv: list[str] | None = None) -> int:
             s["nlhf"]["mean_response_tokens"] for s in sampling
         ),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    from nlhf.jsonio import dumps, write_json
+
+    write_json(args.out, result)  # non-finite numbers as null
+    print(dumps(result, indent=2))
     return 0
 
 

@@ -25,7 +25,6 @@ usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -311,8 +310,9 @@ def main(argv=None) -> int:
     meta["loadavg_after"] = os.getloadavg()
     results = {"meta": meta, "runs": runs}
     results["markdown"] = markdown(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1))
+    from nlhf.jsonio import write_json
+
+    write_json(args.out, results, indent=1)  # non-finite numbers as null
     print(results["markdown"])
     print(f"\nload average before {meta['loadavg_before']}, after {meta['loadavg_after']}")
     print(f"JSON: {args.out}")
