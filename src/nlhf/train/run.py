@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import math
 import os
@@ -133,17 +134,20 @@ class Checkpoint:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_checkpoint(path: Path) -> Checkpoint | None:
-    marker = path / MARKER
-    if not marker.is_file():
-        return None
+def _read_record(record: Path, path: Path) -> Checkpoint | None:
+    """The step, config and extra facts in a checkpoint marker or ``nlhf_finished.json``; None
+    when it is missing, or cut short by a kill (it counts as incomplete)."""
     try:
-        data = json.loads(marker.read_text(encoding="utf-8"))
+        data = json.loads(record.read_text(encoding="utf-8"))
         return Checkpoint(
             path, int(data["step"]), dict(data["config"]), dict(data.get("extra", {}))
         )
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # a marker cut short by a kill counts as incomplete
+        return None
+
+
+def _read_checkpoint(path: Path) -> Checkpoint | None:
+    return _read_record(path / MARKER, path)
 
 
 def find_checkpoint(output_dir: str | Path) -> Checkpoint | None:
@@ -161,14 +165,7 @@ def find_checkpoint(output_dir: str | Path) -> Checkpoint | None:
 def find_finished(output_dir: str | Path) -> Checkpoint | None:
     """The finished-run record (``nlhf_finished.json``: step and config), if the run in
     ``output_dir`` has written its final model."""
-    path = Path(output_dir) / FINISHED
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return Checkpoint(Path(output_dir), int(data["step"]), dict(data["config"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return _read_record(Path(output_dir) / FINISHED, Path(output_dir))
 
 
 def _settle_checkpoints(out: Path) -> None:
@@ -689,16 +686,14 @@ def shuffled_indices(n: int, seed: int, start: int, count: int) -> list[int]:
     slices of a global batch by offset."""
     if n < 1:
         raise ValueError("shuffled_indices: the data set is empty")
-    out: list[int] = []
-    perm: list[int] = []
-    epoch_of_perm = -1
-    for k in range(start, start + count):
-        epoch, pos = divmod(k, n)
-        if epoch != epoch_of_perm:
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            perm, epoch_of_perm = torch.randperm(n, generator=g).tolist(), epoch
-        out.append(perm[pos])
-    return out
+    return [_permutation(n, seed, k // n)[k % n] for k in range(start, start + count)]
+
+
+@functools.lru_cache(maxsize=2)  # the current pass and the next: a batch may straddle them
+def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """Pass ``epoch`` of :func:`shuffled_indices`, drawn once (the trainers ask every step)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(n, generator=g).tolist())
 
 
 def reset_accelerate_state() -> None:
