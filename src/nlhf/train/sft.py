@@ -47,6 +47,7 @@ from nlhf.data.loaders import train_and_eval
 from nlhf.data.schema import as_text
 from nlhf.jsonio import write_json
 from nlhf.models.chat import render_prompt_ids, render_response_ids, response_text
+from nlhf.sampling import context_length
 from nlhf.train.run import (
     RunDirectory,
     check_finite_step,
@@ -457,7 +458,7 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from nlhf.models.checkpoint import load_tokenizer
+    from nlhf.models.checkpoint import load_tokenizer, resolve_dtype
 
     # --- inputs, all checked before anything is written ---
     accelerator, say = start_accelerator(cfg.mixed_precision, cfg.cpu)
@@ -479,13 +480,13 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
     elif tokenizer is None:
         tokenizer = _build_tokenizer(cfg, train)
     model, tokenizer, input_dtype = build_model(cfg, tokenizer, model_config)
-    save_dtype = input_dtype if cfg.save_dtype == "auto" else getattr(torch, cfg.save_dtype)
+    save_dtype = input_dtype if cfg.save_dtype == "auto" else resolve_dtype(cfg.save_dtype, "")
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer: it has no EOS token, so responses could never end")
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    context = _context_length(model)
+    context = context_length(model)
     max_length = min(cfg.max_length, context) if context else cfg.max_length
     rows, truncated = encode_demonstrations(tokenizer, train, max_length, compact=True)
     eval_rows, eval_truncated = encode_demonstrations(tokenizer, evals, max_length, compact=True)
@@ -628,15 +629,6 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
         bar.close()
         run.close()
     return metrics
-
-
-def _context_length(model) -> int | None:
-    config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 # ----------------------------------------------------------------------------- the demo's call
