@@ -195,8 +195,13 @@ class PreferenceTrainConfig:
         """Fields a ``--resume`` may change: evaluation, checkpoint and logging frequency, the
         evaluation's batch size and triples, progress. Not the step budget: the learning rate
         decays to 0 at the last step."""
-        return {"eval_every", "save_every", "log_every", "eval_batch_size", "max_triples"} | {
-            "progress"
+        return {
+            "eval_every",
+            "save_every",
+            "log_every",
+            "eval_batch_size",
+            "max_triples",
+            "progress",
         }
 
 
@@ -371,8 +376,9 @@ def train_preference(
                     d = model(**batch)  # (B,)
                     loss = F.binary_cross_entropy_with_logits(d.float(), target)
                     accelerator.backward(loss / cfg.grad_accum)
-                step_loss += float(loss.detach()) / cfg.grad_accum
-                window_loss += float(loss.detach())
+                loss_value = float(loss.detach())
+                step_loss += loss_value / cfg.grad_accum
+                window_loss += loss_value
                 window_acc += float((((d > 0) == (target > 0.5)) | (target == 0.5)).float().mean())
                 window_n += 1
             # 4. clip (max_grad_norm 0: the norm only), stop on a non-finite loss or gradient
