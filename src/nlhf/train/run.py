@@ -59,7 +59,7 @@ from typing import Any, Literal
 import torch
 
 from nlhf.config import save_yaml, to_dict
-from nlhf.jsonio import dumps, write_json
+from nlhf.jsonio import dumps, write_json, write_text
 from nlhf.locking import LOCK, DirectoryLock, check_output_dir, is_inside
 from nlhf.models.checkpoint import first_line
 
@@ -407,9 +407,7 @@ class RunDirectory:
                         kept.append(line + "\n")
                 except (ValueError, TypeError, AttributeError):
                     continue  # a line cut short by a kill
-        tmp = path.with_name(f".{METRICS}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, "".join(kept))
 
     # -- 3. checkpoints ----------------------------------------------------------------------
 
