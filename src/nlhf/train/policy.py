@@ -43,6 +43,7 @@ Nash equilibrium ``pi*_tau`` as ``beta -> 0`` (in the tabular Nash-MD, ``beta = 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import math
@@ -293,8 +294,6 @@ def _load_models(cfg: PolicyTrainConfig, policy, reference, tokenizer):
         if ref_dtype is not None:
             reference.to(ref_dtype)
     elif not cfg.lora:  # mu = a frozen copy of the initial policy, in the reference dtype
-        import copy
-
         reference = copy.deepcopy(policy).to(ref_dtype or input_dtype)
     if reference is not None:
         v_pi, v_mu = policy.config.vocab_size, reference.config.vocab_size
@@ -865,8 +864,6 @@ def _fingerprint(model: torch.nn.Module) -> str | None:
     the policy checkpoint)."""
     if isinstance(model, AdaptersDisabled):
         return None
-    import hashlib
-
     digest = hashlib.sha256()
     for name, p in model.state_dict().items():
         t = p.detach().double()
@@ -881,8 +878,6 @@ def _save_policy(accelerator, policy, tokenizer, out: Path, dtype: torch.dtype) 
     state_dict = accelerator.get_state_dict(policy)
     if accelerator.is_main_process:
         if hasattr(unwrapped, "merge_and_unload"):  # LoRA: adapters (float32) + merged model
-            import copy
-
             unwrapped.save_pretrained(str(out / "adapter"))
             merged = copy.deepcopy(unwrapped).merge_and_unload()
             save_causal_lm(merged, out, dtype)
