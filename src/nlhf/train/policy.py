@@ -715,10 +715,11 @@ def train_policy(
             # 1. learning rate (LambdaLR)
             lr = scheduler.get_last_lr()[0]
             t0 = time.perf_counter()
-            sums: dict[str, float] = {}
+            # the micro-batches' metrics, read back (a device sync each) once, after the loop
+            added: list[tuple[str, torch.Tensor | float]] = []
 
-            def add(name: str, value: torch.Tensor | float, sums=sums) -> None:
-                sums[name] = sums.get(name, 0.0) + float(value) / cfg.grad_accum
+            def add(name: str, value: torch.Tensor | float, added=added) -> None:
+                added.append((name, value))
 
             for micro in range(cfg.grad_accum):
                 # B = micro_bs prompts: this process's slice of the step's global batch
@@ -787,6 +788,10 @@ def train_policy(
                 add("policy/eos_rate", y.ended.float().mean())
                 if y_alt is not None:
                     add("alternative/length", y_alt.lengths.float().mean())
+
+            sums: dict[str, float] = {}
+            for name, value in added:
+                sums[name] = sums.get(name, 0.0) + float(value) / cfg.grad_accum
 
             # 6. clip (max_grad_norm 0: the norm only), stop on a non-finite loss or gradient
             #    before it reaches the weights, optimizer and scheduler step, EMA update
