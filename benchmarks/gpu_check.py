@@ -236,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             memory += ["--out", str(args.out / "bench_memory.json"), *device]
             summary["bench_memory"] = run_script("bench_memory.py", memory, timeout=300)
     summary["wall_seconds"] = time.perf_counter() - start
-    (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    from nlhf.jsonio import dumps, write_json
+
+    write_json(args.out / "gpu_check.json", summary)  # non-finite numbers as null
+    print(dumps(summary, indent=2))
     return 0
 
 

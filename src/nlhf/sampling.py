@@ -576,6 +576,7 @@ def _generate_batch(
             caches[k], logits = _prefill(model, prompt_ids, attention, positions, rows[k], b)
             last_logits.append(logits)  # (rows_k, V)
         next_pos = positions[:, -1] + 1  # (N,)
+        cache_names = [_cache_kwarg(model)[0] for model in models]
         done = torch.zeros(N, dtype=torch.bool, device=device)
         tokens, masks, logps, scores = [], [], [], []
         for t in range(steps):
@@ -598,14 +599,13 @@ def _generate_batch(
                 break
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
             for k, model in enumerate(models):
-                cache_name, _ = _cache_kwarg(model)
                 r = rows[k]
                 out = model(
                     input_ids=token[r, None],
                     attention_mask=attention[r],
                     position_ids=next_pos[r, None],
                     use_cache=True,
-                    **{cache_name: caches[k]},
+                    **{cache_names[k]: caches[k]},
                 )
                 caches[k] = _output_cache(out)
                 last_logits[k] = out.logits[:, -1]

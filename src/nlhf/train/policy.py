@@ -43,6 +43,7 @@ Nash equilibrium ``pi*_tau`` as ``beta -> 0`` (in the tabular Nash-MD, ``beta = 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import math
@@ -293,8 +294,6 @@ def _load_models(cfg: PolicyTrainConfig, policy, reference, tokenizer):
         if ref_dtype is not None:
             reference.to(ref_dtype)
     elif not cfg.lora:  # mu = a frozen copy of the initial policy, in the reference dtype
-        import copy
-
         reference = copy.deepcopy(policy).to(ref_dtype or input_dtype)
     if reference is not None:
         v_pi, v_mu = policy.config.vocab_size, reference.config.vocab_size
@@ -716,10 +715,11 @@ def train_policy(
             # 1. learning rate (LambdaLR)
             lr = scheduler.get_last_lr()[0]
             t0 = time.perf_counter()
-            sums: dict[str, float] = {}
+            # the micro-batches' metrics, read back (a device sync each) once, after the loop
+            added: list[tuple[str, torch.Tensor | float]] = []
 
-            def add(name: str, value: torch.Tensor | float, sums=sums) -> None:
-                sums[name] = sums.get(name, 0.0) + float(value) / cfg.grad_accum
+            def add(name: str, value: torch.Tensor | float, added=added) -> None:
+                added.append((name, value))
 
             for micro in range(cfg.grad_accum):
                 # B = micro_bs prompts: this process's slice of the step's global batch
@@ -788,6 +788,10 @@ def train_policy(
                 add("policy/eos_rate", y.ended.float().mean())
                 if y_alt is not None:
                     add("alternative/length", y_alt.lengths.float().mean())
+
+            sums: dict[str, float] = {}
+            for name, value in added:
+                sums[name] = sums.get(name, 0.0) + float(value) / cfg.grad_accum
 
             # 6. clip (max_grad_norm 0: the norm only), stop on a non-finite loss or gradient
             #    before it reaches the weights, optimizer and scheduler step, EMA update
@@ -865,8 +869,6 @@ def _fingerprint(model: torch.nn.Module) -> str | None:
     the policy checkpoint)."""
     if isinstance(model, AdaptersDisabled):
         return None
-    import hashlib
-
     digest = hashlib.sha256()
     for name, p in model.state_dict().items():
         t = p.detach().double()
@@ -881,8 +883,6 @@ def _save_policy(accelerator, policy, tokenizer, out: Path, dtype: torch.dtype) 
     state_dict = accelerator.get_state_dict(policy)
     if accelerator.is_main_process:
         if hasattr(unwrapped, "merge_and_unload"):  # LoRA: adapters (float32) + merged model
-            import copy
-
             unwrapped.save_pretrained(str(out / "adapter"))
             merged = copy.deepcopy(unwrapped).merge_and_unload()
             save_causal_lm(merged, out, dtype)
