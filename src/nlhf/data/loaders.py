@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from nlhf.data import textfile
 from nlhf.data.formats import FORMATS, check_columns, convert_row
 from nlhf.data.schema import Comparison, InvalidComparisonError, as_text
 from nlhf.data.textfile import iter_lines, read_text
+from nlhf.jsonio import write_text
 
 log = logging.getLogger(__name__)
 
@@ -592,18 +592,8 @@ def load_comparisons(
 def write_jsonl(comparisons: Iterable[Comparison], path: str | Path) -> Path:
     """Write comparisons in the native format: one JSON object per line. The file appears
     whole or not at all (written to a temporary sibling, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for c in comparisons:
-                fh.write(json.dumps(c.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    rows = (json.dumps(c.to_dict(), ensure_ascii=False, allow_nan=False) for c in comparisons)
+    return write_text(path, "".join(row + "\n" for row in rows))
 
 
 def split_by_prompt(
