@@ -40,8 +40,13 @@ from nlhf.jsonio import write_text
 
 log = logging.getLogger(__name__)
 
-FILE_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
-FILE_SUFFIXES[".parquet"] = "parquet"
+FILE_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
 
 
 class Comparisons(list):
