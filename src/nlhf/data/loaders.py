@@ -612,7 +612,8 @@ def split_by_prompt(
     """
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction: must be in (0, 1), got {eval_fraction}")
-    prompts = sorted({as_text(c.prompt) for c in comparisons})
+    keys = [as_text(c.prompt) for c in comparisons]
+    prompts = sorted(set(keys))
     if len(prompts) < 2:
         raise ValueError(
             f"cannot split {len(comparisons)} comparisons by prompt: they have "
@@ -621,8 +622,8 @@ def split_by_prompt(
     random.Random(seed).shuffle(prompts)
     n_eval = min(max(1, math.ceil(eval_fraction * len(prompts))), len(prompts) - 1)
     eval_prompts = set(prompts[:n_eval])
-    train = [c for c in comparisons if as_text(c.prompt) not in eval_prompts]
-    evals = [c for c in comparisons if as_text(c.prompt) in eval_prompts]
+    train = [c for c, key in zip(comparisons, keys) if key not in eval_prompts]
+    evals = [c for c, key in zip(comparisons, keys) if key in eval_prompts]
     return train, evals
 
 
