@@ -135,14 +135,16 @@ def convert_demonstration(row: Any, format: str = "auto") -> Demonstration:
     """One row -> ``Demonstration`` (``format="auto"`` detects per row)."""
     if not isinstance(row, Mapping):
         raise InvalidComparisonError("*", f"a row must be a JSON object, got {type(row).__name__}")
+    _check_format(format)
     fmt = detect_demonstration_format(row) if format == "auto" else format
-    if fmt == "messages":
-        return from_messages(row)
-    if fmt == "prompt_response":
-        return from_prompt_response(row)
-    raise ValueError(
-        f"format: unknown format {format!r}; choose one of {['auto', *DEMONSTRATION_FORMATS]}"
-    )
+    return from_messages(row) if fmt == "messages" else from_prompt_response(row)
+
+
+def _check_format(format: str) -> None:
+    if format != "auto" and format not in DEMONSTRATION_FORMATS:
+        raise ValueError(
+            f"format: unknown format {format!r}; choose one of {['auto', *DEMONSTRATION_FORMATS]}"
+        )
 
 
 def load_demonstrations(
@@ -158,10 +160,7 @@ def load_demonstrations(
     dataset split to read, or for a file the rows whose ``split`` field equals it.
     ``skip_invalid``: drop bad rows (``result.skipped``, one warning) instead of raising.
     """
-    if format != "auto" and format not in DEMONSTRATION_FORMATS:
-        raise ValueError(
-            f"format: unknown format {format!r}; choose one of {['auto', *DEMONSTRATION_FORMATS]}"
-        )
+    _check_format(format)
     return load_rows(
         path_or_name,
         lambda row: convert_demonstration(row, format),

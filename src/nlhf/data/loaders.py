@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -37,11 +36,17 @@ from nlhf.data import textfile
 from nlhf.data.formats import FORMATS, check_columns, convert_row
 from nlhf.data.schema import Comparison, InvalidComparisonError, as_text
 from nlhf.data.textfile import iter_lines, read_text
+from nlhf.jsonio import write_text
 
 log = logging.getLogger(__name__)
 
-FILE_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
-FILE_SUFFIXES[".parquet"] = "parquet"
+FILE_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+}
 
 
 class Comparisons(list):
@@ -592,18 +597,8 @@ def load_comparisons(
 def write_jsonl(comparisons: Iterable[Comparison], path: str | Path) -> Path:
     """Write comparisons in the native format: one JSON object per line. The file appears
     whole or not at all (written to a temporary sibling, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for c in comparisons:
-                fh.write(json.dumps(c.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    rows = (json.dumps(c.to_dict(), ensure_ascii=False, allow_nan=False) for c in comparisons)
+    return write_text(path, "".join(row + "\n" for row in rows))
 
 
 def split_by_prompt(
@@ -617,7 +612,8 @@ def split_by_prompt(
     """
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction: must be in (0, 1), got {eval_fraction}")
-    prompts = sorted({as_text(c.prompt) for c in comparisons})
+    keys = [as_text(c.prompt) for c in comparisons]
+    prompts = sorted(set(keys))
     if len(prompts) < 2:
         raise ValueError(
             f"cannot split {len(comparisons)} comparisons by prompt: they have "
@@ -626,8 +622,8 @@ def split_by_prompt(
     random.Random(seed).shuffle(prompts)
     n_eval = min(max(1, math.ceil(eval_fraction * len(prompts))), len(prompts) - 1)
     eval_prompts = set(prompts[:n_eval])
-    train = [c for c in comparisons if as_text(c.prompt) not in eval_prompts]
-    evals = [c for c in comparisons if as_text(c.prompt) in eval_prompts]
+    train = [c for c, key in zip(comparisons, keys) if key not in eval_prompts]
+    evals = [c for c, key in zip(comparisons, keys) if key in eval_prompts]
     return train, evals
 
 

@@ -97,16 +97,18 @@ def read_text(path: Path, label: LineLabel | None = None) -> str:
         text = raw[start:].decode("utf-8")
     except UnicodeDecodeError as err:
         position = err.start + start
-        number = raw.count(b"\n", 0, position) + 1
-        line_start = raw.rfind(b"\n", 0, position) + 1
+        number, line_start = _line_at(raw, position)
         line = raw[line_start:]
         raise _not_utf8(label(number), line, position - line_start, line_start, raw[:4]) from None
     if "\0" in text:
-        position = raw.index(b"\0")
-        number = raw.count(b"\n", 0, position) + 1
-        line_start = raw.rfind(b"\n", 0, position) + 1
+        number, line_start = _line_at(raw, raw.index(b"\0"))
         raise _nul(label(number), raw[line_start:], line_start, raw[:4])
     return text
+
+
+def _line_at(raw: bytes, position: int) -> tuple[int, int]:
+    """``(line_number, offset of the line's start)`` of byte ``position`` of ``raw``."""
+    return raw.count(b"\n", 0, position) + 1, raw.rfind(b"\n", 0, position) + 1
 
 
 REPEATED = "appears twice in one JSON object; which value is meant?"
