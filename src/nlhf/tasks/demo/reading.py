@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nlhf.tasks.convergence import kl_to
+from nlhf.tasks.convergence import kl_to, tv_to
 from nlhf.tasks.summaries import STYLES
 
 # The three pairs around the style game's cycle (indices into STYLES).
@@ -302,12 +302,10 @@ def hi_band(track) -> float:
 def _style_corr(result, task) -> float:
     """Correlation of the mean win rate with each policy's total variation to the raters'
     style Nash (from its tournament samples)."""
+    from nlhf.tasks.builtin import style_shares
+
     nash = task.nash_style_mixture()
-    tv = []
-    for n in result.names:
-        resp = result.samples[n]
-        d = np.array([sum(task.style_of(r) == s for r in resp) for s in STYLES]) / len(resp)
-        tv.append(0.5 * (np.abs(d - nash).sum() + 1 - d.sum()))
+    tv = [tv_to(nash, style_shares(task, result.samples[n])) for n in result.names]
     return _corr(result.mean_win_rate, tv)
 
 
