@@ -14,7 +14,7 @@ import numpy as np
 
 from nlhf.tasks.convergence import kl_to, read_trajectory, tv_to
 from nlhf.tasks.demo.config import DemoConfig, PolicySpec
-from nlhf.tasks.demo.pipeline import MARKER
+from nlhf.tasks.demo.pipeline import MARKER, read_marker
 from nlhf.tasks.demo.reading import (
     CYCLE_PAIRS,
     NEAR,
@@ -196,10 +196,11 @@ def convergence_section(tracks: list[Track], targets: dict, out: Path) -> str:
 
 
 def _stage_seconds(root: Path) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds of every finished stage under ``root``, from its marker."""
     out = {}
     for marker in sorted(root.glob(f"*/{MARKER}")):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            m = json.loads(marker.read_text())
+        m = read_marker(marker.parent)
+        with contextlib.suppress(TypeError, ValueError, KeyError):  # None: unreadable marker
             out[marker.parent.name] = (float(m["seconds"]), float(m.get("cpu_seconds", 0.0)))
     return out
 
