@@ -60,6 +60,17 @@ def register() -> None:
     register_judge_scheme("builtin", builtin_judge)
 
 
+def style_shares(task, responses) -> np.ndarray:
+    """``(S + 1,)`` shares of the responses in each of ``task.styles`` and, last, of those
+    without a style word."""
+    styles = list(task.styles)
+    counts = np.zeros(len(styles) + 1)
+    for r in responses:
+        style = task.style_of(r)
+        counts[styles.index(style) if style in styles else len(styles)] += 1
+    return counts / counts.sum()
+
+
 def style_sections(
     result, task, out_dir: str | Path
 ) -> tuple[list[tuple[str, str]], dict[str, Path]]:
@@ -70,6 +81,7 @@ def style_sections(
     Returns ``(sections, figures)`` ready for ``nlhf.eval.report.write_report``."""
     from nlhf.eval.report import markdown_cell
     from nlhf.games import exploitability
+    from nlhf.tasks.convergence import tv_to
     from nlhf.tasks.plots import plot_style_distribution
 
     if not result.samples:
@@ -78,18 +90,15 @@ def style_sections(
     styles = list(task.styles)
     cols = styles + ["none"]
     K, S = len(names), len(styles)
-    counts = np.zeros((K, S + 1))
+    dist = np.zeros((K, S + 1))
     quality_mean, quality_half, length = np.zeros(K), np.zeros(K), np.zeros(K)
     for k, name in enumerate(names):
         responses = result.samples[name]
-        for r in responses:
-            style = task.style_of(r)
-            counts[k, cols.index(style) if style in styles else S] += 1
+        dist[k] = style_shares(task, responses)
         q = np.array([task.quality(p, r) for p, r in zip(result.prompts, responses)])
         quality_mean[k] = q.mean()
         quality_half[k] = 1.96 * q.std(ddof=1) / np.sqrt(q.size) if q.size > 1 else 0.0
         length[k] = np.mean([len(r.split()) for r in responses])
-    dist = counts / counts.sum(axis=1, keepdims=True)  # (K, S+1)
     nash = np.asarray(task.nash_style_mixture(), dtype=np.float64)  # (S,)
     game = np.asarray(task.style_game(), dtype=np.float64)  # (S, S)
     has_none = bool(dist[:, S].sum() > 0)
@@ -119,7 +128,7 @@ def style_sections(
         + " | 0 | 0 | | |"
     )
     for k, name in enumerate(names):
-        tv = 0.5 * (np.abs(dist[k, :S] - nash).sum() + dist[k, S])
+        tv = tv_to(nash, dist[k])
         lines.append(
             f"| {markdown_cell(name)} | "
             + " | ".join(f"{x:.2f}" for x in dist[k, : len(shown)])

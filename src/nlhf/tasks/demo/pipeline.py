@@ -69,7 +69,7 @@ def file_digests(path: Path) -> dict[str, str]:
     return out
 
 
-def _read_marker(path: Path) -> dict[str, Any] | None:
+def read_marker(path: Path) -> dict[str, Any] | None:
     """The marker of a complete stage directory, or None (missing, or cut short by a kill)."""
     try:
         marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
@@ -119,7 +119,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ bookkeeping
     def marker(self, name: str) -> dict[str, Any] | None:
-        return _read_marker(self.root / name)
+        return read_marker(self.root / name)
 
     def settle(self, name: str, want: str | None = None) -> None:
         """Finish a swap that a kill interrupted: with ``<name>/`` missing, the complete
@@ -129,7 +129,7 @@ class Pipeline:
         ``<name>/`` too (a kill came after its marker, before the swap)."""
         out = self.root / name
         partial, old = self.root / (name + PARTIAL), self.root / (name + OLD)
-        done = _read_marker(partial) if partial.is_dir() else None
+        done = read_marker(partial) if partial.is_dir() else None
         if (
             out.exists()
             and want is not None
@@ -141,7 +141,7 @@ class Pipeline:
             os.replace(out, old)
         if not out.exists():
             for candidate in (partial, old):
-                if candidate.is_dir() and _read_marker(candidate) is not None:
+                if candidate.is_dir() and read_marker(candidate) is not None:
                     os.replace(candidate, out)
                     break
         if out.exists() and old.exists():

@@ -5,6 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from nlhf.tasks.convergence import kl_to, tv_to
+from nlhf.tasks.summaries import STYLES
+
+# The three pairs around the style game's cycle (indices into STYLES).
+CYCLE_PAIRS = ((0, 1), (1, 2), (2, 0))
+
+
+def is_cyclic(G: np.ndarray) -> bool:
+    """Whether the style game ``G`` (``G[i, j] = P(style i > style j)``) is a Condorcet cycle."""
+    return all(G[i, j] > 0.5 for i, j in CYCLE_PAIRS) or all(G[i, j] < 0.5 for i, j in CYCLE_PAIRS)
+
+
+def fmt_shares(p) -> str:
+    """``brief 0.33, list 0.33, story 0.33``: a distribution over the styles."""
+    return ", ".join(f"{s} {x:.2f}" for s, x in zip(STYLES, p))
+
 
 def _p(result, a: str, b: str) -> tuple[float, float, float]:
     """P(a > b) with its interval (the matrix holds P(column > row))."""
@@ -172,7 +188,7 @@ def headline(result, tracks) -> str:
             lines.append(
                 f"- {t.name}: KL {t.kl(t.pi_star)[-1]:.3f} to pi*_tau and "
                 f"{t.kl(t.own)[-1]:.3f} to its own fixed-beta point, which itself lies at KL "
-                f"{kl_to_point(t.own, t.pi_star):.3f} from pi*_tau."
+                f"{kl_to(t.own, t.pi_star):.3f} from pi*_tau."
             )
     unsettled = [t.name for t in tracks if not t.settled()]
     if unsettled:
@@ -201,12 +217,6 @@ def headline(result, tracks) -> str:
 def kl_sft(track) -> float:
     """KL(pi*_tau, SFT): the first recorded point of any track is the SFT policy."""
     return float(track.kl(track.pi_star)[0])
-
-
-def kl_to_point(p: np.ndarray, q: np.ndarray) -> float:
-    from nlhf.tasks.convergence import kl_to
-
-    return float(kl_to(p, q))
 
 
 def convergence_reading(tracks) -> str:
@@ -253,7 +263,7 @@ def nash_md_reading(tracks, targets: dict) -> str:
     ]
     settled, unsettled = [], []
     for t in mixers:
-        bias = kl_to_point(t.own, pi_star)
+        bias = kl_to(t.own, pi_star)
         kl_own = t.kl(t.own)
         lo, hi = t.tail_range(kl_own)
         ok = t.settled()
@@ -264,7 +274,7 @@ def nash_md_reading(tracks, targets: dict) -> str:
         )
     lines.append("")
     if settled:
-        biased = [t for t in settled if t.beta > 0 and kl_to_point(t.own, pi_star) > hi_band(t)]
+        biased = [t for t in settled if t.beta > 0 and kl_to(t.own, pi_star) > hi_band(t)]
         lines.append(
             f"Settled (the whole last quarter within KL {NEAR:g} of the own target): "
             f"{', '.join(t.name for t in settled)}."
@@ -292,14 +302,10 @@ def hi_band(track) -> float:
 def _style_corr(result, task) -> float:
     """Correlation of the mean win rate with each policy's total variation to the raters'
     style Nash (from its tournament samples)."""
-    from nlhf.tasks.summaries import STYLES
+    from nlhf.tasks.builtin import style_shares
 
     nash = task.nash_style_mixture()
-    tv = []
-    for n in result.names:
-        resp = result.samples[n]
-        d = np.array([sum(task.style_of(r) == s for r in resp) for s in STYLES]) / len(resp)
-        tv.append(0.5 * (np.abs(d - nash).sum() + 1 - d.sum()))
+    tv = [tv_to(nash, style_shares(task, result.samples[n])) for n in result.names]
     return _corr(result.mean_win_rate, tv)
 
 
@@ -317,8 +323,6 @@ def _fmt_corr(r: float) -> str:
 
 def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: float) -> str:
     """A few sentences, computed from the numbers, on why the matrix looks the way it does."""
-    from nlhf.tasks.summaries import STYLES
-
     names = list(result.names)
     quality = {}
     for n in names:
@@ -348,9 +352,9 @@ def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: floa
         gap = float(0.5 * np.abs(t0.pi_star - t0.raters_nash).sum())
         lines.append(
             "- Styles: the NLHF policies are pulled toward pi*_tau of the *learned* preference "
-            f"model ({', '.join(f'{s} {x:.2f}' for s, x in zip(STYLES, t0.pi_star))}), which "
+            f"model ({fmt_shares(t0.pi_star)}), which "
             f"lies at total variation {gap:.2f} from the raters' exact style Nash "
-            f"({', '.join(f'{s} {x:.2f}' for s, x in zip(STYLES, t0.raters_nash))}): even "
+            f"({fmt_shares(t0.raters_nash)}): even "
             "exact convergence inherits the learned model's errors about the style cycle."
         )
         corner = [t for t in tracks if t.shares[-1, : len(STYLES)].max() >= 0.8]
@@ -358,7 +362,7 @@ def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: floa
             top = STYLES[int(np.argmax(t.shares[-1, : len(STYLES)]))]
             lines.append(
                 f"- {t.name} ends mostly on one style ({t.shares[-1].max():.0%} `{top}`), its "
-                f"own target being {', '.join(f'{s} {x:.2f}' for s, x in zip(STYLES, t.own))}."
+                f"own target being {fmt_shares(t.own)}."
             )
     # the exact raters' style game: the Nash mixture is an equaliser
     exact = games.get("exact raters")
@@ -374,8 +378,7 @@ def what_happened(result, task, tracks, games: dict, accuracy: dict, bayes: floa
     for name, G in games.items():
         if name == "exact raters":
             continue
-        pairs = [(0, 1), (1, 2), (2, 0)]
-        cyclic = all(G[i, j] > 0.5 for i, j in pairs) or all(G[i, j] < 0.5 for i, j in pairs)
+        cyclic = is_cyclic(G)
         wins = {s: sum(G[STYLES.index(s), j] > 0.5 for j in range(len(STYLES))) for s in STYLES}
         order = sorted(STYLES, key=lambda s: (-wins[s], -G[STYLES.index(s)].mean()))
         if cyclic:

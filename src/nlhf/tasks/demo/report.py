@@ -14,11 +14,14 @@ import numpy as np
 
 from nlhf.tasks.convergence import kl_to, read_trajectory, tv_to
 from nlhf.tasks.demo.config import DemoConfig, PolicySpec
-from nlhf.tasks.demo.pipeline import MARKER
+from nlhf.tasks.demo.pipeline import MARKER, read_marker
 from nlhf.tasks.demo.reading import (
+    CYCLE_PAIRS,
     NEAR,
     convergence_reading,
+    fmt_shares,
     headline,
+    is_cyclic,
     nash_md_reading,
     paper_reading,
     what_happened,
@@ -91,10 +94,6 @@ def load_tracks(specs: list[PolicySpec], targets: dict, pool: dict[str, Path]) -
     return tracks
 
 
-def _fmt_dist(p: np.ndarray) -> str:
-    return ", ".join(f"{s} {x:.2f}" for s, x in zip(STYLES, p))
-
-
 def convergence_section(tracks: list[Track], targets: dict, out: Path) -> str:
     """The section's Markdown; writes ``trajectories.png`` and ``distances.png`` into ``out``."""
     from nlhf.tasks.plots import plot_distance_curves, plot_simplex_trajectories
@@ -163,8 +162,7 @@ def convergence_section(tracks: list[Track], targets: dict, out: Path) -> str:
         target_rows.append(
             f"| {t.name}'s own target | {' | '.join(f'{x:.3f}' for x in t.own)} | {what} |"
         )
-    pairs = [(0, 1), (1, 2), (2, 0)]
-    game = ", ".join(f"P({STYLES[i]} > {STYLES[j]}) = {G[i, j]:.3f}" for i, j in pairs)
+    game = ", ".join(f"P({STYLES[i]} > {STYLES[j]}) = {G[i, j]:.3f}" for i, j in CYCLE_PAIRS)
     return "\n".join(
         [
             "The paper's theory, checked in the deep setting against a known target. Every "
@@ -198,10 +196,11 @@ def convergence_section(tracks: list[Track], targets: dict, out: Path) -> str:
 
 
 def _stage_seconds(root: Path) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds of every finished stage under ``root``, from its marker."""
     out = {}
     for marker in sorted(root.glob(f"*/{MARKER}")):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            m = json.loads(marker.read_text())
+        m = read_marker(marker.parent)
+        with contextlib.suppress(TypeError, ValueError, KeyError):  # None: unreadable marker
             out[marker.parent.name] = (float(m["seconds"]), float(m.get("cpu_seconds", 0.0)))
     return out
 
@@ -227,9 +226,9 @@ def _data_section(cfg: DemoConfig, dirs: dict[str, Path], targets: dict, task: S
         [
             f"- SFT demonstrations: {cfg.data.n_demonstrations}, mean quality "
             f"{task_info['demo_quality']:.2f}, style frequencies "
-            + _fmt_dist(task_info["demo_style_freq"])
+            + fmt_shares(task_info["demo_style_freq"])
             + " (the Nash mixture of the style game is "
-            + _fmt_dist(task_info["nash_style_mixture"])
+            + fmt_shares(task_info["nash_style_mixture"])
             + ").",
             f"- Comparisons: {comp['n']} pairs of SFT samples, one sampled rater each "
             f"({comp['dropped_identical_or_empty']} identical or empty pairs redrawn); a sampled "
@@ -258,16 +257,14 @@ def _data_section(cfg: DemoConfig, dirs: dict[str, Path], targets: dict, task: S
 def _style_game_md(games: dict[str, np.ndarray]) -> str:
     from nlhf.games import solve_nash_lp
 
-    pairs = [(0, 1), (1, 2), (2, 0)]
-    head = "| judge | " + " | ".join(f"P({STYLES[i]} > {STYLES[j]})" for i, j in pairs)
+    head = "| judge | " + " | ".join(f"P({STYLES[i]} > {STYLES[j]})" for i, j in CYCLE_PAIRS)
     lines = [head + " | cyclic? | Nash of its style game |", "|---|" + "---:|" * 5]
     for name, G in games.items():
-        cyc = all(G[i, j] > 0.5 for i, j in pairs) or all(G[i, j] < 0.5 for i, j in pairs)
         nash, _ = solve_nash_lp(G)
         lines.append(
             f"| {name} | "
-            + " | ".join(f"{G[i, j]:.3f}" for i, j in pairs)
-            + f" | {'yes' if cyc else 'no'} | {_fmt_dist(nash)} |"
+            + " | ".join(f"{G[i, j]:.3f}" for i, j in CYCLE_PAIRS)
+            + f" | {'yes' if is_cyclic(G) else 'no'} | {fmt_shares(nash)} |"
         )
     return "\n".join(lines)
 

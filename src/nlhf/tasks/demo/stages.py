@@ -104,7 +104,8 @@ def stage_sft(cfg: DemoConfig, task_dir: Path, out: Path) -> None:
     """Stage 2: SFT the reference policy on the demonstrations."""
     from transformers import AutoTokenizer
 
-    rows = [json.loads(line) for line in (task_dir / "demonstrations.jsonl").open()]
+    with (task_dir / "demonstrations.jsonl").open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
     tokenizer = AutoTokenizer.from_pretrained(task_dir / "tokenizer")
     train_sft_policy(
         cfg, [r["prompt"] for r in rows], [r["response"] for r in rows], tokenizer, out
