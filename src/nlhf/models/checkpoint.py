@@ -36,6 +36,7 @@ __all__ = [
     "stored_dtype",
     "resolve_dtype",
     "quiet_loading",
+    "save_causal_lm",
 ]
 
 WEIGHT_FILES = (
@@ -172,6 +173,11 @@ def check_weights(path: str | Path, what: str) -> None:
     if not path.is_dir():
         raise ValueError(f"{what} ({path}): must be a directory (save_pretrained output)")
     _read_config(path, what)
+    _check_weight_files(path, what)
+
+
+def _check_weight_files(path: Path, what: str) -> None:
+    """The weight files of directory ``path`` are present and intact (see :func:`check_weights`)."""
     weights = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
     weights += sorted(path.glob("model-*.safetensors"))
     if not weights:
@@ -224,7 +230,7 @@ def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = Tr
         raise ValueError(
             f"{what} ({path}): not a causal language model ({first_line(err)})"
         ) from None
-    check_weights(path, what)
+    _check_weight_files(path, what)
     if tokenizer:
         tok = load_tokenizer(path, what)
         vocab = getattr(config, "vocab_size", None)
@@ -322,6 +328,3 @@ def save_causal_lm(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     return path
-
-
-__all__ += ["save_causal_lm"]
