@@ -191,9 +191,10 @@ def _check_weight_files(path: Path, what: str) -> None:
             ) from None
 
 
-def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = True) -> None:
+def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = True):
     """Fail fast, without loading the weights, unless ``path`` is a loadable causal-LM
-    checkpoint (see the module docstring). ``tokenizer=False`` skips the tokenizer checks."""
+    checkpoint (see the module docstring). Returns the checked tokenizer; ``tokenizer=False``
+    skips the tokenizer checks and returns None."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -231,14 +232,16 @@ def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = Tr
             f"{what} ({path}): not a causal language model ({first_line(err)})"
         ) from None
     _check_weight_files(path, what)
-    if tokenizer:
-        tok = load_tokenizer(path, what)
-        vocab = getattr(config, "vocab_size", None)
-        if isinstance(vocab, int) and len(tok) > vocab:
-            raise ValueError(
-                f"{what} ({path}): the tokenizer has {len(tok)} tokens but the model's "
-                f"vocabulary has only {vocab}"
-            )
+    if not tokenizer:
+        return None
+    tok = load_tokenizer(path, what)
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise ValueError(
+            f"{what} ({path}): the tokenizer has {len(tok)} tokens but the model's "
+            f"vocabulary has only {vocab}"
+        )
+    return tok
 
 
 def load_causal_lm(
@@ -258,7 +261,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    check_causal_lm(path, what, tokenizer=with_tokenizer)
+    tokenizer = check_causal_lm(path, what, tokenizer=with_tokenizer)
     torch_dtype = resolve_dtype(dtype, path)
     try:
         with quiet_loading():
@@ -267,7 +270,6 @@ def load_causal_lm(
         raise ValueError(f"{what} ({path}): cannot load ({first_line(err)})") from None
     if device is not None:
         model = model.to(device)
-    tokenizer = load_tokenizer(path, what) if with_tokenizer else None
     return model.eval(), tokenizer
 
 
