@@ -259,12 +259,12 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     data: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
         data = to_dict(load_yaml(cls, args.config))
-    types = {name: tp for name, tp, _, _ in _walk(cls)}
+    field_types = {name: tp for name, tp, _, _ in _walk(cls)}
     for key, value in vars(args).items():
         if not key.startswith("cfg:"):
             continue
         # a flag's value is read here, so that its error names the flag, not the YAML file
-        value = _convert(value, types[key[4:]], "--" + key[4:].replace("_", "-"))
+        value = _convert(value, field_types[key[4:]], "--" + key[4:].replace("_", "-"))
         if isinstance(value, Path):
             value = str(value)
         parts = key[4:].split(".")

@@ -87,10 +87,6 @@ class DirectoryLock:
             os.close(self._fd)
             self._fd = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def __enter__(self) -> DirectoryLock:
         return self.acquire()
 

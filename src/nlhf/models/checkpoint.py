@@ -36,6 +36,7 @@ __all__ = [
     "stored_dtype",
     "resolve_dtype",
     "quiet_loading",
+    "save_causal_lm",
 ]
 
 WEIGHT_FILES = (
@@ -172,6 +173,11 @@ def check_weights(path: str | Path, what: str) -> None:
     if not path.is_dir():
         raise ValueError(f"{what} ({path}): must be a directory (save_pretrained output)")
     _read_config(path, what)
+    _check_weight_files(path, what)
+
+
+def _check_weight_files(path: Path, what: str) -> None:
+    """The weight files of directory ``path`` are present and intact (see :func:`check_weights`)."""
     weights = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
     weights += sorted(path.glob("model-*.safetensors"))
     if not weights:
@@ -185,9 +191,10 @@ def check_weights(path: str | Path, what: str) -> None:
             ) from None
 
 
-def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = True) -> None:
+def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = True):
     """Fail fast, without loading the weights, unless ``path`` is a loadable causal-LM
-    checkpoint (see the module docstring). ``tokenizer=False`` skips the tokenizer checks."""
+    checkpoint (see the module docstring). Returns the checked tokenizer; ``tokenizer=False``
+    skips the tokenizer checks and returns None."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -224,15 +231,17 @@ def check_causal_lm(path: str | Path, what: str = "policy", tokenizer: bool = Tr
         raise ValueError(
             f"{what} ({path}): not a causal language model ({first_line(err)})"
         ) from None
-    check_weights(path, what)
-    if tokenizer:
-        tok = load_tokenizer(path, what)
-        vocab = getattr(config, "vocab_size", None)
-        if isinstance(vocab, int) and len(tok) > vocab:
-            raise ValueError(
-                f"{what} ({path}): the tokenizer has {len(tok)} tokens but the model's "
-                f"vocabulary has only {vocab}"
-            )
+    _check_weight_files(path, what)
+    if not tokenizer:
+        return None
+    tok = load_tokenizer(path, what)
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tok) > vocab:
+        raise ValueError(
+            f"{what} ({path}): the tokenizer has {len(tok)} tokens but the model's "
+            f"vocabulary has only {vocab}"
+        )
+    return tok
 
 
 def load_causal_lm(
@@ -252,7 +261,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    check_causal_lm(path, what, tokenizer=with_tokenizer)
+    tokenizer = check_causal_lm(path, what, tokenizer=with_tokenizer)
     torch_dtype = resolve_dtype(dtype, path)
     try:
         with quiet_loading():
@@ -261,7 +270,6 @@ def load_causal_lm(
         raise ValueError(f"{what} ({path}): cannot load ({first_line(err)})") from None
     if device is not None:
         model = model.to(device)
-    tokenizer = load_tokenizer(path, what) if with_tokenizer else None
     return model.eval(), tokenizer
 
 
@@ -322,6 +330,3 @@ def save_causal_lm(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     return path
-
-
-__all__ += ["save_causal_lm"]

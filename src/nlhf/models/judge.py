@@ -77,11 +77,7 @@ def _call(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         with torch.no_grad():
             return fn(*args, **kwargs)
-    except JudgeError as err:  # from a wrapper inside (CallableJudge): under the fuller name
-        described = label.rsplit(" (", 1)[-1].removesuffix(")")
-        text = str(err)
-        if label != described and text.startswith(described + ":"):
-            raise JudgeError(label + text[len(described) :]) from err
+    except JudgeError:  # already names a judge (e.g. one that asks another through judge_prob)
         raise
     except Exception as err:
         raise _raised(label, err) from err
@@ -179,7 +175,9 @@ def judge_prob(
     _check_batch(prompts, responses_a, responses_b)
     if len(prompts) == 0:
         return torch.zeros(0)
-    out = _call(label, prob, prompts, responses_a, responses_b)
+    # a CallableJudge's function is called and checked here, so its errors carry the full label
+    fn = judge.fn if isinstance(judge, CallableJudge) else prob
+    out = _call(label, fn, prompts, responses_a, responses_b)
     return check_judge_output(out, len(prompts), label)
 
 

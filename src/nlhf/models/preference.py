@@ -182,15 +182,16 @@ class ScoringModel(nn.Module):
         return out  # type: ignore[return-value]
 
     def _fit(
-        self, prompt: list[int], responses: list[list[int]], templated: bool = False
+        self, prompt: list[int], responses: list[list[int]], templated: bool
     ) -> tuple[list[int], list[list[int]]]:
-        budget = self.max_length - (0 if templated else self.n_special)
+        specials = 0 if templated else self.n_special  # the plain layout's start/sep/end tokens
+        budget = self.max_length - specials
         total = len(prompt) + sum(len(r) for r in responses)
         if total <= budget:
             return prompt, responses
         if not self._warned_truncation:
             warnings.warn(
-                f"{self.kind} model: an input of {total + self.max_length - budget} tokens "
+                f"{self.kind} model: an input of {total + specials} tokens "
                 f"exceeds max_length {self.max_length}; truncating the prompt first (keeping its "
                 "end), then the responses equally, so that every response stays visible "
                 "(warned once)",
@@ -204,7 +205,7 @@ class ScoringModel(nn.Module):
         return [], [r[:k] for r, k in zip(responses, keep)]
 
     def _sequence(
-        self, prompt: list[int], responses: list[list[int]], templated: bool = False
+        self, prompt: list[int], responses: list[list[int]], templated: bool
     ) -> list[int]:
         if templated:  # the template's markers already delimit the turns
             return [t for part in (prompt, *responses) for t in part]
