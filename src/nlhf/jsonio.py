@@ -16,6 +16,9 @@ from typing import Any
 
 __all__ = ["finite", "dumps", "write_json", "write_text"]
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process's umask (setting it back at once)
+
 
 def finite(value: Any) -> Any:
     """``value`` with every non-finite float (NaN, +-inf) replaced by ``None``, recursively
@@ -52,6 +55,7 @@ def write_text(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give what open() would
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
             fh.flush()

@@ -522,7 +522,7 @@ def _judge_pair(
         except JudgeError as err:
             if str(err).startswith(label):
                 raise
-            # a judge that checks itself (CallableJudge) names only its function
+            # a JudgeError raised inside the judge itself names only the judge
             raise JudgeError(f"{label}: {err}") from err
         out = out.to(torch.float64)  # (B,) checked: finite, in [0, 1], 0/1 when sampled
         values.append(torch.where(swap, 1.0 - out, out))
