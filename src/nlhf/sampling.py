@@ -66,6 +66,7 @@ __all__ = [
     "mixture_token_logprobs",
     "mix_log_probs",
     "context_length",
+    "accepts_logits_to_keep",
     "EMAPolicy",
     "AdaptersDisabled",
     "is_dtensor",
@@ -198,6 +199,11 @@ def _cache_kwarg(model: torch.nn.Module) -> tuple[str, bool]:
         name = "cache" if "cache" in params else "past_key_values"
         _CACHE_KWARG[key] = (name, "logits_to_keep" in params)
     return _CACHE_KWARG[key]
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model's (innermost Hugging Face) forward takes ``logits_to_keep``."""
+    return _cache_kwarg(model)[1]
 
 
 def _output_cache(out):

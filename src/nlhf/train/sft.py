@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -47,7 +46,7 @@ from nlhf.data.loaders import train_and_eval
 from nlhf.data.schema import as_text
 from nlhf.jsonio import write_json
 from nlhf.models.chat import render_prompt_ids, render_response_ids, response_text
-from nlhf.sampling import context_length
+from nlhf.sampling import accepts_logits_to_keep, context_length
 from nlhf.train.run import (
     RunDirectory,
     check_finite_step,
@@ -351,15 +350,6 @@ def build_model(cfg: SFTTrainConfig, tokenizer, model_config: dict[str, Any] | N
     return model, tokenizer, input_dtype
 
 
-def _keeps_logits(model) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` (most transformers causal LMs)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def response_nll(
     model, batch: dict[str, torch.Tensor], keep_logits: bool
 ) -> tuple[torch.Tensor, int]:
@@ -495,7 +485,7 @@ def _train(cfg, train, evals, tokenizer, model_config: dict[str, Any] | None = N
             f"{truncated} training and {eval_truncated} eval demonstrations exceed {max_length} "
             "tokens: their prompts were cut from the start (then the response's end)"
         )
-    keep_logits = _keeps_logits(model)
+    keep_logits = accepts_logits_to_keep(model)
 
     # --- optimizer on float32 master weights, schedule, accelerate ---
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
